@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from typing import Any
+
+from auditlog.mixins import AuditlogHistoryAdminMixin
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.http import HttpRequest
+
+from accounts.models import ApiToken, User
+
+
+class UserCreateForm(AdminUserCreationForm):
+    class Meta:
+        model = User
+        fields = ("email", "first_name", "last_name")
+
+
+class UserEditForm(UserChangeForm):
+    class Meta:
+        model = User
+        fields = "__all__"
+
+
+@admin.register(User)
+class UserAdmin(AuditlogHistoryAdminMixin, DjangoUserAdmin):
+    form = UserEditForm
+    add_form = UserCreateForm
+    show_auditlog_history_link = True
+    ordering = ("email",)
+    list_display = ("email", "first_name", "last_name", "is_staff", "is_active", "email_verified")
+    list_filter = ("is_staff", "is_superuser", "is_active", "email_verified", "groups")
+    search_fields = ("email", "first_name", "last_name")
+    readonly_fields = ("uuid", "last_login", "date_joined", "created_at", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("uuid", "email", "password")}),
+        ("Personal", {"fields": ("first_name", "last_name", "preferred_language", "email_verified")}),
+        ("Access", {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")}),
+        ("Dates", {"fields": ("last_login", "date_joined", "created_at", "updated_at")}),
+    )
+    add_fieldsets = (
+        (
+            None,
+            {"classes": ("wide",), "fields": ("email", "first_name", "last_name", "password1", "password2")},
+        ),
+    )
+    filter_horizontal = ("groups", "user_permissions")
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ("prefix", "user", "name", "created_at", "expires_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("prefix", "user__email", "name")
+    autocomplete_fields = ("user",)
+    readonly_fields = ("uuid", "prefix", "key_hash", "created_at", "last_used_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Secrets are shown once, by the API; the admin can only revoke.
+        return False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return (*self.readonly_fields, "user", "expires_at")

@@ -1,0 +1,170 @@
+"""Model fields that keep PHI encrypted in the database.
+
+The database column holds only the sealed token (see ``accounts.encryption``).
+Values are opened lazily, on first attribute access, because the associated
+data needs the row's UUID, which ``from_db_value`` does not see. A value that
+was read and not changed is written back as the same token, so saving a row
+does not re-encrypt untouched fields.
+
+Writing plaintext with ``QuerySet.update()`` or ``bulk_update()`` is refused:
+without the row there is nothing to bind the ciphertext to, and a plaintext
+value must never reach the database.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models.query_utils import DeferredAttribute
+
+from accounts.encryption import associated_data, keyring
+
+ROW_ID_ATTRIBUTE = "uuid"
+
+
+class Sealed(str):
+    """A token read from the database and not yet opened."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<sealed value>"
+
+
+class _EncryptedAttribute(DeferredAttribute):
+    def __get__(self, instance: Any, cls: Any = None) -> Any:
+        if instance is None:
+            return self
+        value = super().__get__(instance, cls)
+        if isinstance(value, Sealed):
+            field: EncryptedMixin = self.field  # type: ignore[assignment]
+            plaintext = field.open_token(instance, value)
+            instance.__dict__[self.field.attname] = plaintext
+            instance.__dict__[field.cache_name] = (field.fingerprint(plaintext), str(value))
+            value = plaintext
+        return value
+
+
+class EncryptedMixin:
+    """Shared behaviour of the encrypted text and JSON fields."""
+
+    descriptor_class = _EncryptedAttribute
+    attname: str
+    name: str
+    model: type[models.Model]
+
+    # What a subclass defines -------------------------------------------------
+    def encode(self, value: Any) -> bytes:
+        raise NotImplementedError
+
+    def decode(self, raw: bytes) -> Any:
+        raise NotImplementedError
+
+    def fingerprint(self, value: Any) -> str:
+        return self.encode(value).decode()
+
+    # Mechanics ---------------------------------------------------------------
+    @property
+    def cache_name(self) -> str:
+        return f"_sealed_{self.attname}"
+
+    def _aad(self, instance: models.Model) -> bytes:
+        row_id = getattr(instance, ROW_ID_ATTRIBUTE, None)
+        if row_id is None:
+            raise ValueError(
+                f"{self.model._meta.label}.{self.name} needs the row's {ROW_ID_ATTRIBUTE} "
+                "before it can be encrypted."
+            )
+        return associated_data(self.model._meta.label_lower, self.attname, row_id)
+
+    def open_token(self, instance: models.Model, token: str) -> Any:
+        return self.decode(keyring().open(token, self._aad(instance)))
+
+    def seal_value(self, instance: models.Model, value: Any) -> str:
+        return keyring().seal(self.encode(value), self._aad(instance))
+
+    def pre_save(self, model_instance: models.Model, add: bool) -> Any:
+        value = model_instance.__dict__.get(self.attname)
+        if value is None or isinstance(value, Sealed):
+            return value
+        cached = model_instance.__dict__.get(self.cache_name)
+        if cached is not None and cached[0] == self.fingerprint(value):
+            return Sealed(cached[1])
+        token = self.seal_value(model_instance, value)
+        model_instance.__dict__[self.cache_name] = (self.fingerprint(value), token)
+        return Sealed(token)
+
+    def get_db_prep_save(self, value: Any, connection: Any) -> Any:
+        if value is None or isinstance(value, Sealed):
+            return None if value is None else str(value)
+        if hasattr(value, "resolve_expression"):
+            return value
+        raise TypeError(
+            f"{self.model._meta.label}.{self.name} is encrypted per row; write it "
+            "through Model.save() or bulk_create(), never QuerySet.update()."
+        )
+
+    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
+        # Reached outside writes: Django's Python-side constraint checks and
+        # lookups. They only need to know whether a value is there, so a
+        # plaintext is replaced by a marker and never leaves the process.
+        if value is None or isinstance(value, Sealed):
+            return None if value is None else str(value)
+        return "[encrypted]"
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+        return None if value is None else Sealed(value)
+
+    def value_to_string(self, obj: models.Model) -> str:
+        return "[encrypted]"
+
+
+class EncryptedTextField(EncryptedMixin, models.TextField):
+    """Free text (notes, reasons, reactions) stored encrypted."""
+
+    def encode(self, value: Any) -> bytes:
+        return str(value).encode("utf-8")
+
+    def decode(self, raw: bytes) -> str:
+        return raw.decode("utf-8")
+
+    def to_python(self, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        return str(value)
+
+    def db_type(self, connection: Any) -> str:
+        return "text"
+
+
+class EncryptedJSONField(EncryptedMixin, models.TextField):
+    """A JSON document stored encrypted; it round-trips exactly what was given."""
+
+    def encode(self, value: Any) -> bytes:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def decode(self, raw: bytes) -> Any:
+        return json.loads(raw)
+
+    def to_python(self, value: Any) -> Any:
+        if isinstance(value, str) and not isinstance(value, Sealed):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValidationError("Enter valid JSON.", code="invalid") from exc
+        return value
+
+    def formfield(self, **kwargs: Any) -> Any:
+        from django import forms
+
+        return super().formfield(**{"form_class": forms.JSONField, **kwargs})
+
+    def db_type(self, connection: Any) -> str:
+        return "text"
+
+
+def encrypted_field_names(model: type[models.Model]) -> list[str]:
+    return [f.name for f in model._meta.concrete_fields if isinstance(f, EncryptedMixin)]

@@ -1,0 +1,3 @@
+"""Patient endpoints arrive with the access policy (they must be policy-filtered)."""
+
+urlpatterns: list = []

@@ -1,0 +1,78 @@
+"""Rules of the directory that live in PostgreSQL but not in Django's model state.
+
+Named here so that migrations and tests use the same names.
+"""
+
+from __future__ import annotations
+
+PATIENT_DOCTOR_INSTITUTION_FK = "clinical_patient_doctor_works_at_institution"
+PATIENT_DOB_NOT_IN_FUTURE = "clinical_patient_dob_not_in_future"
+DOCTOR_ACTIVE_MEMBERSHIP = "clinical_doctor_active_membership"
+
+ADD_PATIENT_DOCTOR_INSTITUTION_FK = f"""
+ALTER TABLE clinical_patient
+    ADD CONSTRAINT {PATIENT_DOCTOR_INSTITUTION_FK}
+    FOREIGN KEY (doctor_id, institution_id)
+    REFERENCES clinical_doctor (id, institution_id)
+    ON UPDATE RESTRICT ON DELETE RESTRICT;
+"""
+DROP_PATIENT_DOCTOR_INSTITUTION_FK = (
+    f"ALTER TABLE clinical_patient DROP CONSTRAINT IF EXISTS {PATIENT_DOCTOR_INSTITUTION_FK};"
+)
+
+# A CHECK against CURRENT_DATE would make old rows fail on restore; a trigger
+# judges each write at the moment it happens.
+ADD_PATIENT_DOB_TRIGGER = f"""
+CREATE OR REPLACE FUNCTION {PATIENT_DOB_NOT_IN_FUTURE}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.date_of_birth > CURRENT_DATE THEN
+        RAISE EXCEPTION 'date of birth is in the future'
+            USING ERRCODE = 'check_violation',
+                  CONSTRAINT = '{PATIENT_DOB_NOT_IN_FUTURE}',
+                  TABLE = 'clinical_patient',
+                  COLUMN = 'date_of_birth';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER {PATIENT_DOB_NOT_IN_FUTURE}
+    BEFORE INSERT OR UPDATE OF date_of_birth ON clinical_patient
+    FOR EACH ROW EXECUTE FUNCTION {PATIENT_DOB_NOT_IN_FUTURE}();
+"""
+DROP_PATIENT_DOB_TRIGGER = f"""
+DROP TRIGGER IF EXISTS {PATIENT_DOB_NOT_IN_FUTURE} ON clinical_patient;
+DROP FUNCTION IF EXISTS {PATIENT_DOB_NOT_IN_FUTURE}();
+"""
+
+# Checked at commit, so a service may create the membership and the doctor in
+# either order within one transaction.
+ADD_DOCTOR_MEMBERSHIP_TRIGGER = f"""
+CREATE OR REPLACE FUNCTION {DOCTOR_ACTIVE_MEMBERSHIP}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM clinical_institutionmembership m
+        WHERE m.user_id = NEW.user_id
+          AND m.institution_id = NEW.institution_id
+          AND m.role = 'doctor'
+          AND m.valid_from <= now()
+          AND (m.valid_until IS NULL OR m.valid_until > now())
+    ) THEN
+        RAISE EXCEPTION 'a doctor needs an active doctor membership at the primary institution'
+            USING ERRCODE = 'check_violation',
+                  CONSTRAINT = '{DOCTOR_ACTIVE_MEMBERSHIP}',
+                  TABLE = 'clinical_doctor';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+CREATE CONSTRAINT TRIGGER {DOCTOR_ACTIVE_MEMBERSHIP}
+    AFTER INSERT OR UPDATE OF institution_id, user_id ON clinical_doctor
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION {DOCTOR_ACTIVE_MEMBERSHIP}();
+"""
+DROP_DOCTOR_MEMBERSHIP_TRIGGER = f"""
+DROP TRIGGER IF EXISTS {DOCTOR_ACTIVE_MEMBERSHIP} ON clinical_doctor;
+DROP FUNCTION IF EXISTS {DOCTOR_ACTIVE_MEMBERSHIP}();
+"""

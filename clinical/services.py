@@ -1,0 +1,319 @@
+"""Writes for the directory. Each service is one transaction: validate, write, done.
+
+Services raise ``django.core.exceptions.ValidationError`` with a dict naming
+the field at fault; the API and the admin turn that into a 400 or a form
+error. A failure anywhere rolls the whole service back.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Model
+from django.utils import timezone
+
+from accounts.fields import encrypted_field_names
+from clinical.models import (
+    Address,
+    Doctor,
+    Email,
+    Gender,
+    HealthProfile,
+    InstitutionMembership,
+    MedicalInstitution,
+    MembershipRole,
+    Patient,
+    Phone,
+    Sex,
+    Specialty,
+    ValidationStatus,
+)
+
+User = get_user_model()
+MRN_DIGITS = 8
+
+
+def validate(instance: Model, *, exclude: Iterable[str] = ()) -> None:
+    """``full_clean`` that leaves encrypted fields' constraints to the database.
+
+    Python-side constraint checks would have to send the value to the
+    database; the database checks them again on write anyway.
+    """
+    instance.full_clean(exclude=[*exclude, *encrypted_field_names(type(instance))])
+
+
+def normalise_phone(raw: str) -> str:
+    """Strip formatting from an international number: ``+1 (415) 555-0123`` → ``+14155550123``."""
+    digits = "".join(ch for ch in raw if ch.isdigit())
+    if not raw.strip().startswith("+") and not raw.strip().startswith("00"):
+        raise ValidationError(
+            {"number": "Give the number in international form, starting with + and the country code."}
+        )
+    if raw.strip().startswith("00"):
+        digits = digits[2:]
+    return f"+{digits}"
+
+
+# Institutions and memberships ----------------------------------------------------
+
+
+@transaction.atomic
+def institution_create(
+    *,
+    name: str,
+    code: str,
+    institution_type: Any,
+    country: Any,
+    time_zone: str = "UTC",
+    region: Any = None,
+    license_number: str = "",
+    website: str = "",
+) -> MedicalInstitution:
+    institution = MedicalInstitution(
+        name=name,
+        code=code,
+        institution_type=institution_type,
+        country=country,
+        region=region,
+        time_zone=time_zone,
+        license_number=license_number,
+        website=website,
+    )
+    if region is not None and region.country_id != country.pk:
+        raise ValidationError({"region": "The region is not in the institution's country."})
+    validate(institution)
+    institution.save()
+    return institution
+
+
+@transaction.atomic
+def membership_start(
+    *,
+    user: Any,
+    institution: MedicalInstitution,
+    role: str,
+    valid_from: datetime.datetime | None = None,
+    valid_until: datetime.datetime | None = None,
+) -> InstitutionMembership:
+    if InstitutionMembership.objects.filter(
+        user=user, institution=institution, role=role, valid_until__isnull=True
+    ).exists():
+        raise ValidationError({"role": "This user already has an open membership in this role here."})
+    membership = InstitutionMembership(
+        user=user,
+        institution=institution,
+        role=role,
+        valid_from=valid_from or timezone.now(),
+        valid_until=valid_until,
+    )
+    validate(membership)
+    membership.save()
+    return membership
+
+
+@transaction.atomic
+def membership_end(
+    *, membership: InstitutionMembership, at: datetime.datetime | None = None
+) -> InstitutionMembership:
+    """End a membership. A doctor cannot leave their primary institution this way."""
+    at = at or timezone.now()
+    if membership.valid_until is not None and membership.valid_until <= at:
+        return membership
+    if (
+        membership.role == MembershipRole.DOCTOR
+        and Doctor.objects.filter(
+            user_id=membership.user_id, institution_id=membership.institution_id
+        ).exists()
+    ):
+        raise ValidationError(
+            {"valid_until": "This is the doctor's primary institution: move the doctor first."}
+        )
+    membership.valid_until = max(at, membership.valid_from + datetime.timedelta(microseconds=1))
+    validate(membership)
+    membership.save(update_fields=["valid_until", "updated_at"])
+    return membership
+
+
+# Doctors -----------------------------------------------------------------------------
+
+
+@transaction.atomic
+def doctor_register(
+    *,
+    institution: MedicalInstitution,
+    specialty: Specialty,
+    license_number: str,
+    user: Any = None,
+    email: str = "",
+    first_name: str = "",
+    last_name: str = "",
+    password: str | None = None,
+    phones: Iterable[Mapping[str, Any]] = (),
+) -> Doctor:
+    """Register a doctor: the user account (unless ``user`` is given), a doctor
+    membership at ``institution`` (unless one is open) and the doctor, in one go."""
+    if user is None:
+        if not email.strip():
+            raise ValidationError({"email": "An e-mail address is required."})
+        if User.objects.filter(email__iexact=email.strip()).exists():
+            raise ValidationError({"email": "A user with this e-mail address already exists."})
+        user = User(email=email.strip(), first_name=first_name, last_name=last_name, is_staff=True)
+        user.set_password(password)
+        validate(user, exclude=["password"])
+        user.save()
+    elif Doctor.objects.filter(user=user).exists():
+        raise ValidationError({"user": "This user is already registered as a doctor."})
+    if (
+        not InstitutionMembership.objects.active()
+        .filter(user=user, institution=institution, role=MembershipRole.DOCTOR)
+        .exists()
+    ):
+        membership_start(user=user, institution=institution, role=MembershipRole.DOCTOR)
+    doctor = Doctor(
+        user=user, institution=institution, specialty=specialty, license_number=license_number.strip()
+    )
+    validate(doctor)
+    doctor.save()
+    for phone in phones:
+        _add_contact(Phone, {"doctor": doctor}, phone)
+    return doctor
+
+
+# Patients ----------------------------------------------------------------------------
+
+
+def _allocate_mrn(institution: MedicalInstitution) -> str:
+    """Next MRN of the institution; the row lock makes concurrent registrations safe."""
+    locked = MedicalInstitution.objects.select_for_update().only("next_mrn").get(pk=institution.pk)
+    number = locked.next_mrn
+    MedicalInstitution.objects.filter(pk=institution.pk).update(next_mrn=number + 1)
+    return f"{number:0{MRN_DIGITS}d}"
+
+
+def _add_contact(model: type[Model], owner: Mapping[str, Any], data: Mapping[str, Any]) -> Model:
+    values = dict(data)
+    if model is Phone and "number" in values:
+        values["number"] = normalise_phone(values["number"])
+    contact = model(**owner, **values)
+    validate(contact)
+    contact.save()
+    return contact
+
+
+@transaction.atomic
+def patient_register(
+    *,
+    doctor: Doctor,
+    first_name: str,
+    last_name: str,
+    date_of_birth: datetime.date,
+    sex: Sex,
+    gender: Gender | None = None,
+    mrn: str | None = None,
+    notes: str | None = None,
+    profile: Mapping[str, Any] | None = None,
+    portal_email: str | None = None,
+    portal_password: str | None = None,
+    emails: Iterable[Mapping[str, Any]] = (),
+    phones: Iterable[Mapping[str, Any]] = (),
+    addresses: Iterable[Mapping[str, Any]] = (),
+) -> Patient:
+    """Register a patient with health profile and contacts, all or nothing.
+
+    The institution is the doctor's. With ``portal_email`` a portal user is
+    created for the patient. Caretrail's version of the seed's
+    ``sp_create_patient_with_profile``.
+    """
+    if date_of_birth > timezone.localdate():
+        raise ValidationError({"date_of_birth": "The date of birth cannot be in the future."})
+    user = None
+    if portal_email:
+        if User.objects.filter(email__iexact=portal_email.strip()).exists():
+            raise ValidationError({"portal_email": "A user with this e-mail address already exists."})
+        user = User(email=portal_email.strip(), first_name=first_name, last_name=last_name)
+        user.set_password(portal_password)
+        validate(user, exclude=["password"])
+        user.save()
+    institution = doctor.institution
+    patient = Patient(
+        user=user,
+        institution=institution,
+        doctor=doctor,
+        mrn=mrn or _allocate_mrn(institution),
+        first_name=first_name.strip(),
+        last_name=last_name.strip(),
+        date_of_birth=date_of_birth,
+        sex=sex,
+        gender=gender,
+        notes=notes or None,
+    )
+    validate(patient)
+    patient.save()
+    health_profile = HealthProfile(patient=patient, **(profile or {}))
+    validate(health_profile, exclude=["patient"])
+    health_profile.save()
+    for email in emails:
+        _add_contact(Email, {"patient": patient}, email)
+    for phone in phones:
+        _add_contact(Phone, {"patient": patient}, phone)
+    for address in addresses:
+        _add_contact(Address, {"patient": patient}, address)
+    return patient
+
+
+def _locked(patient: Patient) -> Patient:
+    return Patient.objects.select_for_update().get(pk=patient.pk)
+
+
+@transaction.atomic
+def patient_validate(*, patient: Patient, actor: Any) -> Patient:
+    patient = _locked(patient)
+    if patient.validation_status == ValidationStatus.VALIDATED:
+        return patient
+    patient.validation_status = ValidationStatus.VALIDATED
+    patient.reviewed_by = actor
+    patient.reviewed_at = timezone.now()
+    patient.rejection_reason = None
+    validate(patient)
+    patient.save()
+    return patient
+
+
+@transaction.atomic
+def patient_reject(*, patient: Patient, actor: Any, reason: str) -> Patient:
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": "Say why the patient is rejected."})
+    patient = _locked(patient)
+    patient.validation_status = ValidationStatus.REJECTED
+    patient.reviewed_by = actor
+    patient.reviewed_at = timezone.now()
+    patient.rejection_reason = reason
+    validate(patient)
+    patient.save()
+    return patient
+
+
+@transaction.atomic
+def patient_transfer(*, patient: Patient, doctor: Doctor) -> Patient:
+    """Move a patient to another doctor, and with them to the doctor's institution.
+
+    A move to another institution takes a new MRN there.
+    """
+    patient = _locked(patient)
+    if not doctor.is_active:
+        raise ValidationError({"doctor": "This doctor is not active."})
+    if patient.doctor_id == doctor.pk:
+        return patient
+    if patient.institution_id != doctor.institution_id:
+        patient.mrn = _allocate_mrn(doctor.institution)
+    patient.doctor = doctor
+    patient.institution = doctor.institution
+    validate(patient)
+    patient.save()
+    return patient

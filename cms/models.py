@@ -1,0 +1,1 @@
+"""Role matrix, system settings and audit review come with the access work (DESIGN.md step 2)."""
