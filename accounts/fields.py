@@ -35,6 +35,11 @@ class Sealed(str):
 
 
 class _EncryptedAttribute(DeferredAttribute):
+    """A data descriptor, so every read passes here even when the value is loaded."""
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        instance.__dict__[self.field.attname] = value
+
     def __get__(self, instance: Any, cls: Any = None) -> Any:
         if instance is None:
             return self

@@ -71,7 +71,7 @@ def sync(
             to_create.append(obj)
             existing[key_of(row, dict.__getitem__)] = obj
             continue
-        changed = [name for name, value in row.items() if getattr(obj, name) != value]
+        changed = [name for name, value in row.items() if not _same(obj, name, value)]
         if changed:
             for name in changed:
                 setattr(obj, name, row[name])
@@ -84,6 +84,12 @@ def sync(
     result.updated += len(to_update)
     result.counts[model._meta.verbose_name_plural] = (len(to_create), len(to_update))
     return existing
+
+
+def _same(obj: models.Model, name: str, value: Any) -> bool:
+    if isinstance(value, models.Model):  # compare keys, without fetching the related row
+        return getattr(obj, f"{name}_id") == value.pk  # type: ignore[no-any-return]
+    return getattr(obj, name) == value  # type: ignore[no-any-return]
 
 
 def load_geography(result: SyncResult) -> None:

@@ -46,7 +46,8 @@ DROP FUNCTION IF EXISTS {PATIENT_DOB_NOT_IN_FUTURE}();
 """
 
 # Checked at commit, so a service may create the membership and the doctor in
-# either order within one transaction.
+# either order within one transaction. clock_timestamp(), not now(): now() is
+# the transaction's start, earlier than a membership created inside it.
 ADD_DOCTOR_MEMBERSHIP_TRIGGER = f"""
 CREATE OR REPLACE FUNCTION {DOCTOR_ACTIVE_MEMBERSHIP}() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -56,8 +57,8 @@ BEGIN
         WHERE m.user_id = NEW.user_id
           AND m.institution_id = NEW.institution_id
           AND m.role = 'doctor'
-          AND m.valid_from <= now()
-          AND (m.valid_until IS NULL OR m.valid_until > now())
+          AND m.valid_from <= clock_timestamp()
+          AND (m.valid_until IS NULL OR m.valid_until > clock_timestamp())
     ) THEN
         RAISE EXCEPTION 'a doctor needs an active doctor membership at the primary institution'
             USING ERRCODE = 'check_violation',
