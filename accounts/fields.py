@@ -18,11 +18,20 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models import Case, F, Value, When
 from django.db.models.query_utils import DeferredAttribute
 
 from accounts.encryption import associated_data, keyring
 
 ROW_ID_ATTRIBUTE = "uuid"
+
+
+LOADED_ROW_ID = "_sealed_row_id"
+
+
+def loaded_row_id(instance: Any) -> Any:
+    """The UUID the row had when read from the database: its tokens are bound to it."""
+    return instance.__dict__.get(LOADED_ROW_ID) or getattr(instance, ROW_ID_ATTRIBUTE, None)
 
 
 class Sealed(str):
@@ -46,9 +55,10 @@ class _EncryptedAttribute(DeferredAttribute):
         value = super().__get__(instance, cls)
         if isinstance(value, Sealed):
             field: EncryptedMixin = self.field  # type: ignore[assignment]
-            plaintext = field.open_token(instance, value)
+            bound_to = loaded_row_id(instance)
+            plaintext = field.open_token(instance, value, row_id=bound_to)
             instance.__dict__[self.field.attname] = plaintext
-            instance.__dict__[field.cache_name] = (field.fingerprint(plaintext), str(value))
+            instance.__dict__[field.cache_name] = (field.fingerprint(plaintext), str(value), bound_to)
             value = plaintext
         return value
 
@@ -76,8 +86,8 @@ class EncryptedMixin:
     def cache_name(self) -> str:
         return f"_sealed_{self.attname}"
 
-    def _aad(self, instance: models.Model) -> bytes:
-        row_id = getattr(instance, ROW_ID_ATTRIBUTE, None)
+    def _aad(self, instance: models.Model, row_id: Any = None) -> bytes:
+        row_id = row_id or getattr(instance, ROW_ID_ATTRIBUTE, None)
         if row_id is None:
             raise ValueError(
                 f"{self.model._meta.label}.{self.name} needs the row's {ROW_ID_ATTRIBUTE} "
@@ -85,21 +95,27 @@ class EncryptedMixin:
             )
         return associated_data(self.model._meta.label_lower, self.attname, row_id)
 
-    def open_token(self, instance: models.Model, token: str) -> Any:
-        return self.decode(keyring().open(token, self._aad(instance)))
+    def open_token(self, instance: models.Model, token: str, row_id: Any = None) -> Any:
+        return self.decode(keyring().open(token, self._aad(instance, row_id)))
 
     def seal_value(self, instance: models.Model, value: Any) -> str:
         return keyring().seal(self.encode(value), self._aad(instance))
 
     def pre_save(self, model_instance: models.Model, add: bool) -> Any:
         value = model_instance.__dict__.get(self.attname)
-        if value is None or isinstance(value, Sealed):
-            return value
+        current = getattr(model_instance, ROW_ID_ATTRIBUTE, None)
+        if value is None:
+            return None
+        if isinstance(value, Sealed):
+            if loaded_row_id(model_instance) == current:
+                return value
+            # The row got a new UUID (a copy): open with the old binding, seal for the new.
+            value = getattr(model_instance, self.attname)
         cached = model_instance.__dict__.get(self.cache_name)
-        if cached is not None and cached[0] == self.fingerprint(value):
+        if cached is not None and cached[0] == self.fingerprint(value) and cached[2] == current:
             return Sealed(cached[1])
         token = self.seal_value(model_instance, value)
-        model_instance.__dict__[self.cache_name] = (self.fingerprint(value), token)
+        model_instance.__dict__[self.cache_name] = (self.fingerprint(value), token, current)
         return Sealed(token)
 
     def get_db_prep_save(self, value: Any, connection: Any) -> Any:
@@ -169,6 +185,48 @@ class EncryptedJSONField(EncryptedMixin, models.TextField):
 
     def db_type(self, connection: Any) -> str:
         return "text"
+
+
+def _carries_only_ciphertext(expression: Any, column: str) -> bool:
+    """True for expressions that can only put a sealed token (or NULL) in ``column``."""
+    if isinstance(expression, Value):
+        return expression.value is None or isinstance(expression.value, Sealed)
+    if isinstance(expression, Case):
+        return all(
+            _carries_only_ciphertext(w, column) for w in expression.cases
+        ) and _carries_only_ciphertext(expression.default, column)
+    if isinstance(expression, When):
+        return _carries_only_ciphertext(expression.result, column)
+    if isinstance(expression, F):
+        return expression.name == column
+    return False
+
+
+class EncryptedQuerySet(models.QuerySet[Any]):
+    """Refuses ``update()`` values that could put plaintext in an encrypted column.
+
+    A plain value is refused by the field itself; this catches expressions
+    (``Value("…")``, ``F("other_column")``, ``Concat(...)``), which Django
+    compiles without asking the field.
+    """
+
+    def update(self, **kwargs: Any) -> int:
+        for name, value in kwargs.items():
+            field = self.model._meta.get_field(name)
+            expression = hasattr(value, "resolve_expression")
+            if (
+                isinstance(field, EncryptedMixin)
+                and expression
+                and not _carries_only_ciphertext(value, field.attname)
+            ):
+                raise TypeError(
+                    f"{self.model._meta.label}.{name} is encrypted per row; an expression "
+                    "could write plaintext into it."
+                )
+        return super().update(**kwargs)
+
+
+EncryptedManager = models.Manager.from_queryset(EncryptedQuerySet)
 
 
 def encrypted_field_names(model: type[models.Model]) -> list[str]:

@@ -26,6 +26,14 @@ class PublicModel(models.Model):
     class Meta:
         abstract = True
 
+    @classmethod
+    def from_db(cls, db: str | None, field_names: Any, values: Any) -> Any:
+        instance = super().from_db(db, field_names, values)
+        # Encrypted values read with this row are bound to this UUID, even if
+        # the instance is later given a new one (copied as a new row).
+        instance.__dict__["_sealed_row_id"] = instance.__dict__.get("uuid")
+        return instance
+
 
 class TimestampedModel(PublicModel):
     """``updated_at`` is also kept by a database trigger, so ``QuerySet.update`` moves it."""

@@ -7,7 +7,7 @@ import secrets
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
 from accounts.models import ApiToken, User
@@ -62,3 +62,17 @@ def user_update_profile(
     user.full_clean(exclude=["password"])
     user.save()
     return user
+
+
+TOKEN_HISTORY_DAYS = 30
+
+
+def api_tokens_purge(*, keep_days: int = TOKEN_HISTORY_DAYS) -> int:
+    """Forget tokens that stopped working more than ``keep_days`` ago.
+
+    Recent ones stay so that a user can see what was revoked or expired.
+    """
+    cutoff = timezone.now() - timedelta(days=keep_days)
+    stale = ApiToken.objects.filter(models.Q(expires_at__lt=cutoff) | models.Q(revoked_at__lt=cutoff))
+    deleted, _ = stale.delete()
+    return deleted

@@ -8,6 +8,7 @@ from __future__ import annotations
 PATIENT_DOCTOR_INSTITUTION_FK = "clinical_patient_doctor_works_at_institution"
 PATIENT_DOB_NOT_IN_FUTURE = "clinical_patient_dob_not_in_future"
 DOCTOR_ACTIVE_MEMBERSHIP = "clinical_doctor_active_membership"
+MEMBERSHIP_KEEPS_DOCTOR = "clinical_membership_keeps_doctor"
 
 ADD_PATIENT_DOCTOR_INSTITUTION_FK = f"""
 ALTER TABLE clinical_patient
@@ -76,4 +77,45 @@ CREATE CONSTRAINT TRIGGER {DOCTOR_ACTIVE_MEMBERSHIP}
 DROP_DOCTOR_MEMBERSHIP_TRIGGER = f"""
 DROP TRIGGER IF EXISTS {DOCTOR_ACTIVE_MEMBERSHIP} ON clinical_doctor;
 DROP FUNCTION IF EXISTS {DOCTOR_ACTIVE_MEMBERSHIP}();
+"""
+
+# The other side of the same rule: ending or deleting the doctor membership at
+# a doctor's primary institution is refused while the doctor is still there.
+# (A membership created with an end date in the future simply expires; that
+# is a service rule, since no write happens when the date passes.)
+ADD_MEMBERSHIP_KEEPS_DOCTOR_TRIGGER = f"""
+CREATE OR REPLACE FUNCTION {MEMBERSHIP_KEEPS_DOCTOR}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.role = 'doctor'
+       AND EXISTS (
+           SELECT 1 FROM clinical_doctor d
+           WHERE d.user_id = OLD.user_id AND d.institution_id = OLD.institution_id
+       )
+       AND NOT EXISTS (
+           SELECT 1 FROM clinical_institutionmembership m
+           WHERE m.user_id = OLD.user_id
+             AND m.institution_id = OLD.institution_id
+             AND m.role = 'doctor'
+             AND m.valid_from <= clock_timestamp()
+             AND (m.valid_until IS NULL OR m.valid_until > clock_timestamp())
+       )
+    THEN
+        RAISE EXCEPTION 'the doctor membership at a doctor''s primary institution cannot end'
+            USING ERRCODE = 'check_violation',
+                  CONSTRAINT = '{DOCTOR_ACTIVE_MEMBERSHIP}',
+                  TABLE = 'clinical_institutionmembership';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+CREATE CONSTRAINT TRIGGER {MEMBERSHIP_KEEPS_DOCTOR}
+    AFTER UPDATE OF valid_until, valid_from, role, user_id, institution_id OR DELETE
+    ON clinical_institutionmembership
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW EXECUTE FUNCTION {MEMBERSHIP_KEEPS_DOCTOR}();
+"""
+DROP_MEMBERSHIP_KEEPS_DOCTOR_TRIGGER = f"""
+DROP TRIGGER IF EXISTS {MEMBERSHIP_KEEPS_DOCTOR} ON clinical_institutionmembership;
+DROP FUNCTION IF EXISTS {MEMBERSHIP_KEEPS_DOCTOR}();
 """

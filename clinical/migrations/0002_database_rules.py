@@ -27,4 +27,7 @@ class Migration(migrations.Migration):
         migrations.RunSQL(schema.ADD_PATIENT_DOCTOR_INSTITUTION_FK, schema.DROP_PATIENT_DOCTOR_INSTITUTION_FK),
         migrations.RunSQL(schema.ADD_PATIENT_DOB_TRIGGER, schema.DROP_PATIENT_DOB_TRIGGER),
         migrations.RunSQL(schema.ADD_DOCTOR_MEMBERSHIP_TRIGGER, schema.DROP_DOCTOR_MEMBERSHIP_TRIGGER),
+        migrations.RunSQL(
+            schema.ADD_MEMBERSHIP_KEEPS_DOCTOR_TRIGGER, schema.DROP_MEMBERSHIP_KEEPS_DOCTOR_TRIGGER
+        ),
     ]

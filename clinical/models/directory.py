@@ -20,7 +20,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.fields import EncryptedTextField
+from accounts.fields import EncryptedManager, EncryptedTextField
 from accounts.models import TimestampedModel
 from clinical.models.catalogs import (
     BloodType,
@@ -179,6 +179,8 @@ class Patient(TimestampedModel):
     notes = EncryptedTextField(null=True, blank=True)
     is_active = models.BooleanField(default=True)
 
+    objects = EncryptedManager()
+
     class Meta:
         ordering = ["last_name", "first_name", "id"]
         constraints = [
@@ -269,6 +271,8 @@ class HealthProfile(TimestampedModel):
     emergency_contact_relationship = models.CharField(max_length=60, blank=True)
     notes = EncryptedTextField(null=True, blank=True)
 
+    objects = EncryptedManager()
+
     class Meta:
         constraints = [
             models.CheckConstraint(
@@ -281,12 +285,22 @@ class HealthProfile(TimestampedModel):
             ),
             models.CheckConstraint(
                 condition=Q(is_smoker=False, cigarettes_per_day__isnull=True)
-                | Q(is_smoker=True, cigarettes_per_day__gte=0, cigarettes_per_day__lte=200),
+                | Q(
+                    is_smoker=True,
+                    cigarettes_per_day__isnull=False,
+                    cigarettes_per_day__gte=0,
+                    cigarettes_per_day__lte=200,
+                ),
                 name="clinical_profile_smoking_consistent",
             ),
             models.CheckConstraint(
                 condition=Q(consumes_alcohol=False, drinks_per_week__isnull=True)
-                | Q(consumes_alcohol=True, drinks_per_week__gte=0, drinks_per_week__lte=200),
+                | Q(
+                    consumes_alcohol=True,
+                    drinks_per_week__isnull=False,
+                    drinks_per_week__gte=0,
+                    drinks_per_week__lte=200,
+                ),
                 name="clinical_profile_alcohol_consistent",
             ),
             models.CheckConstraint(

@@ -12,7 +12,7 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
-from accounts.fields import EncryptedTextField
+from accounts.fields import EncryptedManager, EncryptedTextField
 from accounts.models import TimestampedModel
 from clinical.models.catalogs import CODE_SYSTEM_CHOICES, MedicalCondition, Medication
 from clinical.models.directory import Doctor, Patient
@@ -35,6 +35,8 @@ class PatientCondition(TimestampedModel):
         Doctor, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     notes = EncryptedTextField(null=True, blank=True)
+
+    objects = EncryptedManager()
 
     class Meta:
         ordering = ["-onset_date", "id"]
@@ -68,6 +70,8 @@ class PatientMedication(TimestampedModel):
         Doctor, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     notes = EncryptedTextField(null=True, blank=True)
+
+    objects = EncryptedManager()
 
     class Meta:
         ordering = ["-start_date", "id"]
@@ -119,6 +123,8 @@ class PatientAllergy(TimestampedModel):
     severity = models.CharField(max_length=10, choices=AllergySeverity.choices, blank=True)
     reaction = EncryptedTextField(null=True, blank=True)
     recorded_on = models.DateField(default=datetime.date.today)
+
+    objects = EncryptedManager()
 
     class Meta:
         verbose_name_plural = "patient allergies"

@@ -119,6 +119,7 @@ LANGUAGES = [("en", "English"), ("es", "Spanish"), ("hi", "Hindi"), ("fr", "Fren
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+FORMS_URLFIELD_ASSUME_HTTPS = True  # Django 6 behaviour, opted into now
 
 # Static and uploaded files ---------------------------------------------
 STATIC_URL = "static/"
@@ -158,7 +159,8 @@ SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 CELERY_TASK_EAGER_PROPAGATES = True
-CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
+if env.str("CELERY_RESULT_BACKEND", default=""):
+    CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
@@ -221,3 +223,7 @@ SILENCED_SYSTEM_CHECKS = [
     # answered by clinical.access and the backend is deliberately not installed.
     "guardian.W001",
 ]
+
+CELERY_BEAT_SCHEDULE = {
+    "purge-stale-api-tokens": {"task": "accounts.api_tokens_purge", "schedule": 6 * 60 * 60},
+}
