@@ -70,6 +70,7 @@ ALLERGENS = [
 ]
 REACTIONS = ["Hives", "Rash and itching", "Wheezing", "Swelling of lips", "Anaphylaxis", "Nausea"]
 RELATIONSHIPS = ["Spouse", "Parent", "Sibling", "Child", "Friend", "Partner"]
+LOCALES = {"US": "en_US", "MX": "es_MX", "IN": "en_IN", "ES": "es_ES", "GB": "en_GB"}
 CITIES = [
     ("US", "America/New_York", "New York"),
     ("US", "America/Chicago", "Chicago"),
@@ -128,8 +129,11 @@ def chunks(total: int, size: int) -> Iterator[range]:
 class DemoBuilder:
     def __init__(self, *, seed: int, password_hash: str) -> None:
         self.rng = random.Random(seed)  # noqa: S311 - reproducible demo data, not secrets
-        self.fake = Faker(["en_US", "es_MX", "en_IN", "en_GB"])
-        self.fake.seed_instance(seed)
+        # One generator per locale, each seeded: a multi-locale Faker picks its
+        # locale with the global random module, which would break --seed.
+        self.fakers = {country: Faker(locale) for country, locale in LOCALES.items()}
+        for offset, faker in enumerate(self.fakers.values()):
+            faker.seed_instance(seed + offset)
         self.password_hash = password_hash
         self.today = timezone.localdate()
         self.serial = self.rng.randrange(10**6)
@@ -193,10 +197,11 @@ class DemoBuilder:
         users, memberships, doctor_rows = [], [], []
         now = timezone.now() - datetime.timedelta(days=30)
         for inst in institutions:
+            fake = self.fakers[inst.country.alpha2]
             for role, n in ((m.MembershipRole.DOCTOR, doctors_each), (m.MembershipRole.NURSE, nurses_each)):
                 for _ in range(n):
                     user = self.new_user(
-                        self.fake.first_name(), self.fake.last_name(), staff=True, domain="staff.example.org"
+                        fake.first_name(), fake.last_name(), staff=True, domain="staff.example.org"
                     )
                     users.append((user, inst, role))
         created = bulk_insert(User, [u for u, _, _ in users])
@@ -244,7 +249,7 @@ class DemoBuilder:
             consumes_alcohol=drinks,
             drinks_per_week=rng.randint(1, 14) if drinks else None,
             physical_activity_minutes_per_week=rng.choice([0, 30, 60, 90, 150, 210, 300]),
-            emergency_contact_name=self.fake.name() if contact else "",
+            emergency_contact_name=self.fakers[country].name() if contact else "",
             emergency_contact_phone=self.phone_number(country) if contact else "",
             emergency_contact_relationship=rng.choice(RELATIONSHIPS) if contact else "",
         )
@@ -329,10 +334,11 @@ class DemoBuilder:
                 portal_users, patients = [], []
                 for _ in block:
                     doctor = self.rng.choice(doctors)
+                    fake = self.fakers[inst_country[doctor.institution_id]]
                     sex = self.rng.choice(sexes) if self.rng.random() < 0.98 else self.sexes.get("unknown")
                     female = sex is not None and sex.code == "female"
-                    first = self.fake.first_name_female() if female else self.fake.first_name_male()
-                    last = self.fake.last_name()
+                    first = fake.first_name_female() if female else fake.first_name_male()
+                    last = fake.last_name()
                     mrn = next_mrn[doctor.institution_id]
                     next_mrn[doctor.institution_id] += 1
                     status = self.rng.choices(["validated", "pending", "rejected"], weights=[85, 13, 2])[0]

@@ -119,7 +119,6 @@ LANGUAGES = [("en", "English"), ("es", "Spanish"), ("hi", "Hindi"), ("fr", "Fren
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
-FORMS_URLFIELD_ASSUME_HTTPS = True  # Django 6 behaviour, opted into now
 
 # Static and uploaded files ---------------------------------------------
 STATIC_URL = "static/"

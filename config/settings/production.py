@@ -1,11 +1,13 @@
 """Production settings: every secret comes from the environment, with no default."""
 
+from accounts.encryption import parse_keys
 from config.settings.base import *  # noqa: F403
 from config.settings.base import database_from_url, env, required
 
 DEBUG = False
 SECRET_KEY = required("SECRET_KEY")
 FIELD_ENCRYPTION_KEYS = required("FIELD_ENCRYPTION_KEYS")
+parse_keys(FIELD_ENCRYPTION_KEYS)  # refuse to start with a malformed key, not at the first read
 ALLOWED_HOSTS = [h.strip() for h in required("ALLOWED_HOSTS").split(",") if h.strip()]
 DATABASES = {"default": database_from_url(required("DATABASE_URL"))}
 # Django's own pool (psycopg_pool); connections are pooled, so no persistent ones.
