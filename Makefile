@@ -42,8 +42,9 @@ pytest: install
 
 test: lint typecheck migrations-check pytest
 
+BENCH ?= seed
 bench: install
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
