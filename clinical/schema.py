@@ -9,6 +9,7 @@ PATIENT_DOCTOR_INSTITUTION_FK = "clinical_patient_doctor_works_at_institution"
 PATIENT_DOB_NOT_IN_FUTURE = "clinical_patient_dob_not_in_future"
 DOCTOR_ACTIVE_MEMBERSHIP = "clinical_doctor_active_membership"
 MEMBERSHIP_KEEPS_DOCTOR = "clinical_membership_keeps_doctor"
+HAS_DOCTOR_MEMBERSHIP = "clinical_has_active_doctor_membership"
 
 ADD_PATIENT_DOCTOR_INSTITUTION_FK = f"""
 ALTER TABLE clinical_patient
@@ -50,17 +51,21 @@ DROP FUNCTION IF EXISTS {PATIENT_DOB_NOT_IN_FUTURE}();
 # either order within one transaction. clock_timestamp(), not now(): now() is
 # the transaction's start, earlier than a membership created inside it.
 ADD_DOCTOR_MEMBERSHIP_TRIGGER = f"""
-CREATE OR REPLACE FUNCTION {DOCTOR_ACTIVE_MEMBERSHIP}() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF NOT EXISTS (
+CREATE OR REPLACE FUNCTION {HAS_DOCTOR_MEMBERSHIP}(p_user bigint, p_institution bigint) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (
         SELECT 1 FROM clinical_institutionmembership m
-        WHERE m.user_id = NEW.user_id
-          AND m.institution_id = NEW.institution_id
+        WHERE m.user_id = p_user
+          AND m.institution_id = p_institution
           AND m.role = 'doctor'
           AND m.valid_from <= clock_timestamp()
           AND (m.valid_until IS NULL OR m.valid_until > clock_timestamp())
-    ) THEN
+    )
+$$;
+CREATE OR REPLACE FUNCTION {DOCTOR_ACTIVE_MEMBERSHIP}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT {HAS_DOCTOR_MEMBERSHIP}(NEW.user_id, NEW.institution_id) THEN
         RAISE EXCEPTION 'a doctor needs an active doctor membership at the primary institution'
             USING ERRCODE = 'check_violation',
                   CONSTRAINT = '{DOCTOR_ACTIVE_MEMBERSHIP}',
@@ -77,6 +82,7 @@ CREATE CONSTRAINT TRIGGER {DOCTOR_ACTIVE_MEMBERSHIP}
 DROP_DOCTOR_MEMBERSHIP_TRIGGER = f"""
 DROP TRIGGER IF EXISTS {DOCTOR_ACTIVE_MEMBERSHIP} ON clinical_doctor;
 DROP FUNCTION IF EXISTS {DOCTOR_ACTIVE_MEMBERSHIP}();
+DROP FUNCTION IF EXISTS {HAS_DOCTOR_MEMBERSHIP}(bigint, bigint);
 """
 
 # The other side of the same rule: ending or deleting the doctor membership at
@@ -92,14 +98,7 @@ BEGIN
            SELECT 1 FROM clinical_doctor d
            WHERE d.user_id = OLD.user_id AND d.institution_id = OLD.institution_id
        )
-       AND NOT EXISTS (
-           SELECT 1 FROM clinical_institutionmembership m
-           WHERE m.user_id = OLD.user_id
-             AND m.institution_id = OLD.institution_id
-             AND m.role = 'doctor'
-             AND m.valid_from <= clock_timestamp()
-             AND (m.valid_until IS NULL OR m.valid_until > clock_timestamp())
-       )
+       AND NOT {HAS_DOCTOR_MEMBERSHIP}(OLD.user_id, OLD.institution_id)
     THEN
         RAISE EXCEPTION 'the doctor membership at a doctor''s primary institution cannot end'
             USING ERRCODE = 'check_violation',
