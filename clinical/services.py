@@ -12,7 +12,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.core.exceptions import ValidationError
+from django.contrib.auth.models import Permission
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Model
 from django.utils import timezone
@@ -20,6 +21,7 @@ from django.utils import timezone
 from accounts.fields import encrypted_field_names
 from clinical.models import (
     Address,
+    BreakGlassReview,
     Doctor,
     Email,
     Gender,
@@ -28,7 +30,9 @@ from clinical.models import (
     MedicalInstitution,
     MembershipRole,
     Patient,
+    PatientUserObjectPermission,
     Phone,
+    ReviewOutcome,
     Sex,
     Specialty,
     ValidationStatus,
@@ -314,6 +318,132 @@ def patient_transfer(*, patient: Patient, doctor: Doctor) -> Patient:
         patient.mrn = _allocate_mrn(doctor.institution)
     patient.doctor = doctor
     patient.institution = doctor.institution
+    validate(patient)
+    patient.save()
+    return patient
+
+
+# Grants and break-the-glass ------------------------------------------------------------
+
+BREAK_GLASS_HOURS = 4
+
+
+def _patient_permission(kind: str) -> Permission:
+    if kind not in ("view", "change"):
+        raise ValidationError({"permission": "Grant 'view' or 'change'."})
+    return Permission.objects.get(content_type__app_label="clinical", codename=f"{kind}_patient")
+
+
+@transaction.atomic
+def grant_create(
+    *,
+    patient: Patient,
+    user: Any,
+    kind: str,
+    granted_by: Any,
+    reason: str,
+    expires_at: datetime.datetime | None = None,
+) -> PatientUserObjectPermission:
+    """Add ``user`` to ``patient``'s care team. An open grant of the same kind is superseded."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": "Say why this access is needed."})
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": "The expiry must be in the future."})
+    if not user.is_active:
+        raise ValidationError({"user": "This user is deactivated."})
+    permission = _patient_permission(kind)
+    now = timezone.now()
+    PatientUserObjectPermission.objects.filter(
+        user=user, permission=permission, content_object=patient, revoked_at__isnull=True
+    ).update(revoked_at=now, revoked_by=granted_by)
+    grant = PatientUserObjectPermission(
+        user=user,
+        permission=permission,
+        content_object=patient,
+        granted_by=granted_by,
+        reason=reason,
+        created_at=now,
+        expires_at=expires_at,
+    )
+    validate(grant)
+    grant.save()
+    return grant
+
+
+@transaction.atomic
+def grant_revoke(*, grant: PatientUserObjectPermission, revoked_by: Any) -> PatientUserObjectPermission:
+    if grant.revoked_at is None:
+        grant.revoked_at = timezone.now()
+        grant.revoked_by = revoked_by
+        grant.save(update_fields=["revoked_at", "revoked_by"])
+    return grant
+
+
+@transaction.atomic
+def break_glass_open(
+    *, user: Any, patient: Patient, reason: str, hours: int = BREAK_GLASS_HOURS
+) -> PatientUserObjectPermission:
+    """Open ``patient`` to ``user`` in an emergency: a time-boxed view grant, flagged,
+    audited, and queued for review by the patient's institution admins."""
+    from clinical import access
+    from clinical.audit import EMERGENCY_TREATMENT, patient_access_record
+
+    reason = (reason or "").strip()
+    if not access.can_break_glass(user):
+        raise PermissionDenied("Your role does not allow break-the-glass access.")
+    if not reason:
+        raise ValidationError({"reason": "Say why you need emergency access."})
+    if not 1 <= hours <= 24:
+        raise ValidationError({"hours": "Emergency access lasts between 1 and 24 hours."})
+    now = timezone.now()
+    permission = _patient_permission("view")
+    PatientUserObjectPermission.objects.filter(
+        user=user, permission=permission, content_object=patient, revoked_at__isnull=True
+    ).update(revoked_at=now, revoked_by=user)
+    grant = PatientUserObjectPermission(
+        user=user,
+        permission=permission,
+        content_object=patient,
+        granted_by=user,
+        reason=reason,
+        created_at=now,
+        expires_at=now + datetime.timedelta(hours=hours),
+        is_break_glass=True,
+    )
+    validate(grant)
+    grant.save()
+    BreakGlassReview.objects.create(grant=grant, institution_id=patient.institution_id)
+    patient_access_record(user=user, patient=patient, purpose=EMERGENCY_TREATMENT)
+    return grant
+
+
+@transaction.atomic
+def break_glass_review(
+    *, review: BreakGlassReview, reviewer: Any, outcome: str, notes: str = ""
+) -> BreakGlassReview:
+    if outcome not in (ReviewOutcome.APPROPRIATE, ReviewOutcome.INAPPROPRIATE):
+        raise ValidationError({"outcome": "Choose appropriate or inappropriate."})
+    review.outcome = outcome
+    review.reviewed_by = reviewer
+    review.reviewed_at = timezone.now()
+    review.notes = notes
+    review.save()
+    return review
+
+
+@transaction.atomic
+def patient_update(*, patient: Patient, **fields: Any) -> Patient:
+    """Change a patient's own fields. Doctor, institution and validation have their own services."""
+    editable = {"first_name", "last_name", "date_of_birth", "sex", "gender", "notes", "is_active"}
+    unknown = set(fields) - editable
+    if unknown:
+        raise ValidationError(dict.fromkeys(sorted(unknown), "This field cannot be changed here."))
+    if "date_of_birth" in fields and fields["date_of_birth"] > timezone.localdate():
+        raise ValidationError({"date_of_birth": "The date of birth cannot be in the future."})
+    patient = _locked(patient)
+    for name, value in fields.items():
+        setattr(patient, name, value)
     validate(patient)
     patient.save()
     return patient

@@ -23,6 +23,11 @@ from clinical.models.directory import (
     Patient,
     ValidationStatus,
 )
+from clinical.models.grants import (
+    BreakGlassReview,
+    PatientUserObjectPermission,
+    ReviewOutcome,
+)
 from clinical.models.lists import (
     AllergyCategory,
     AllergyCriticality,
@@ -40,6 +45,7 @@ __all__ = [
     "AllergySeverity",
     "BloodCompatibility",
     "BloodType",
+    "BreakGlassReview",
     "ConditionStatus",
     "Country",
     "Doctor",
@@ -57,9 +63,11 @@ __all__ = [
     "PatientAllergy",
     "PatientCondition",
     "PatientMedication",
+    "PatientUserObjectPermission",
     "Phone",
     "PhoneType",
     "Region",
+    "ReviewOutcome",
     "Sex",
     "Specialty",
     "SpecialtyCategory",

@@ -183,6 +183,11 @@ class Patient(TimestampedModel):
 
     class Meta:
         ordering = ["last_name", "first_name", "id"]
+        permissions = [
+            ("validate_patient", "Can validate or reject patients"),
+            ("export_patient_data", "Can export a patient's data"),
+            ("break_glass", "Can open a patient in an emergency (break the glass)"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["institution", "mrn"], name="clinical_patient_mrn_unique_per_institution"
@@ -226,6 +231,7 @@ class Patient(TimestampedModel):
                 condition=Q(validation_status="pending"),
                 name="clinical_patient_pending",
             ),
+            models.Index(fields=["created_at", "id"], name="clinical_patient_created"),
         ]
 
     def __str__(self) -> str:

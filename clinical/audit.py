@@ -1,0 +1,77 @@
+"""Read auditing: every look at PHI leaves an auditlog ACCESS entry.
+
+Writes are logged by auditlog itself (signals); reads are not, so the views
+call these functions. Each entry carries the actor, the purpose of use (HL7
+PurposeOfUse codes) and the break-the-glass flag in ``additional_data``.
+A list page writes one entry per request, naming the patients shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from auditlog.models import LogEntry
+from django.contrib.contenttypes.models import ContentType
+
+from clinical import access
+from clinical.models import Patient
+
+TREATMENT = "TREAT"
+EMERGENCY_TREATMENT = "ETREAT"
+OPERATIONS = "HOPERAT"
+PATIENT_REQUEST = "PATRQT"
+PURPOSES = {
+    TREATMENT: "treatment",
+    EMERGENCY_TREATMENT: "emergency treatment",
+    OPERATIONS: "healthcare operations",
+    PATIENT_REQUEST: "patient request",
+    "HPAYMT": "payment",
+    "HRESCH": "research",
+    "PUBHLTH": "public health",
+}
+
+
+def purpose_for(user: Any, requested: str | None = None) -> str:
+    """The declared purpose if it is a known code, else the default for this user."""
+    if requested and requested.upper() in PURPOSES:
+        return requested.upper()
+    return PATIENT_REQUEST if not getattr(user, "is_staff", False) else TREATMENT
+
+
+def patient_access_record(
+    *, user: Any, patient: Patient, purpose: str, remote_addr: str | None = None
+) -> LogEntry:
+    """One ACCESS entry for a detail read of ``patient``."""
+    break_glass = access.is_break_glass_access(user, patient)
+    entry: LogEntry = LogEntry.objects.log_create(
+        patient,
+        force_log=True,
+        action=LogEntry.Action.ACCESS,
+        changes=None,
+        actor=user if getattr(user, "is_authenticated", False) else None,
+        remote_addr=remote_addr,
+        additional_data={
+            "purpose_of_use": EMERGENCY_TREATMENT if break_glass else purpose,
+            "break_glass": break_glass,
+        },
+    )
+    return entry
+
+
+def patient_list_access_record(
+    *, user: Any, patients: Iterable[Patient], purpose: str, view: str, remote_addr: str | None = None
+) -> LogEntry:
+    """One ACCESS entry for a list page, naming the patients it showed."""
+    shown = [str(p.uuid) for p in patients]
+    return LogEntry.objects.create(
+        content_type=ContentType.objects.get_for_model(Patient),
+        object_pk="",
+        object_id=None,
+        object_repr=f"{view}: {len(shown)} patient(s)",
+        action=LogEntry.Action.ACCESS,
+        changes=None,
+        actor=user if getattr(user, "is_authenticated", False) else None,
+        remote_addr=remote_addr,
+        additional_data={"purpose_of_use": purpose, "break_glass": False, "list": view, "patients": shown},
+    )
