@@ -1,6 +1,7 @@
 """Run a benchmark in a throw-away database on the configured server.
 
     python -m bench seed [--patients 10000] [--rounds 1]
+    python -m bench access [--small 2000] [--large 200000]
 
 Uses the test settings (DATABASE_URL or the embedded PostgreSQL), creates a
 fresh database, migrates it, loads the reference data, measures, and drops it.
@@ -58,12 +59,19 @@ def main(argv: list[str]) -> int:
     seed = sub.add_parser("seed", help="seed_demo's bulk path (target: 10,000 patients in 90 s)")
     seed.add_argument("--patients", type=int, default=10_000)
     seed.add_argument("--rounds", type=int, default=1)
+    access = sub.add_parser("access", help="the doctor's patient list at 2,000 and 200,000 patients")
+    access.add_argument("--small", type=int, default=2_000)
+    access.add_argument("--large", type=int, default=200_000)
     args = parser.parse_args(argv)
 
     connection, name = setup_database()
     try:
         if args.name == "seed":
             bench_seed(args.patients, args.rounds)
+        elif args.name == "access":
+            from bench.access import run
+
+            run(args.small, args.large)
     finally:
         connection.creation.destroy_test_db(name, verbosity=0)  # type: ignore[attr-defined]
     return 0

@@ -95,12 +95,11 @@ def scope_of(user: Any, kind: str) -> Scope:
     doctor_id = None
     institution_ids: tuple[int, ...] = ()
     if role_allows:
-        doctor_id = (
-            Doctor.objects.filter(user_id=user.pk, is_active=True).values_list("pk", flat=True).first()
-        )
+        doctor_id = Doctor.objects.filter(user_id=user.pk, is_active=True).values_list("pk", flat=True).first()
         institution_ids = tuple(
             InstitutionMembership.objects.active()
             .filter(user_id=user.pk, role__in=CLINICAL_MEMBERSHIP_ROLES)
+            .order_by()
             .values_list("institution_id", flat=True)
             .distinct()
         )

@@ -14,13 +14,16 @@ from auditlog.mixins import AuditlogHistoryAdminMixin
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
+from django.urls import path, reverse
 
 from clinical import access, services
 from clinical import models as m
+from clinical.audit import patient_access_record, patient_list_access_record, purpose_for
 
 
 class CaretrailAdmin(AuditlogHistoryAdminMixin, admin.ModelAdmin):
@@ -32,8 +35,11 @@ class CaretrailAdmin(AuditlogHistoryAdminMixin, admin.ModelAdmin):
     ) -> HttpResponse:
         # The mixin would render an empty page (and fail) for a row that
         # get_queryset hides; answer like the change page does instead.
-        if self.get_object(request, unquote(object_id)) is None:
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if isinstance(obj, m.Patient):
+            patient_access_record(user=request.user, patient=obj, purpose=purpose_for(request.user))
         return super().auditlog_history_view(request, object_id, extra_context)
 
 
@@ -161,7 +167,7 @@ class InstitutionMembershipAdmin(CaretrailAdmin):
     list_display = ("user", "institution", "role", "valid_from", "valid_until", "active")
     list_filter = ("role", "institution")
     search_fields = ("user__email", "user__last_name", "institution__name")
-    autocomplete_fields = ("user", "institution")
+    autocomplete_fields = ("user",)
     list_select_related = ("user", "institution")
     actions = ["end_memberships"]
 
@@ -169,6 +175,17 @@ class InstitutionMembershipAdmin(CaretrailAdmin):
         if obj is None:
             return ("uuid",)
         return ("uuid", "user", "institution", "role", "valid_from", "valid_until")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[m.InstitutionMembership]:
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(institution__in=access.institutions_administered_by(request.user))
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "institution":
+            kwargs["queryset"] = access.institutions_administered_by(request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     @admin.display(boolean=True, description="Active")
     def active(self, obj: m.InstitutionMembership) -> bool:
@@ -332,6 +349,15 @@ class PatientAddressInline(admin.StackedInline):
     fields = (("line1", "line2"), ("city", "postal_code"), ("region", "country"), "is_primary")
 
 
+class BreakGlassForm(forms.Form):
+    institution = forms.ModelChoiceField(queryset=m.MedicalInstitution.objects.filter(is_active=True))
+    mrn = forms.CharField(label="MRN", max_length=32)
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Why you need this patient's record now. Logged and reviewed by the institution.",
+    )
+
+
 class RejectForm(forms.Form):
     reason = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 3}),
@@ -414,6 +440,85 @@ class PatientAdmin(CaretrailAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # patients are deactivated, never deleted from the admin
 
+    def has_validate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("clinical.validate_patient")
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "doctor" and not request.user.is_superuser:
+            institutions = access.scope_of(request.user, access.CHANGE).institution_ids
+            kwargs["queryset"] = m.Doctor.objects.filter(institution_id__in=institutions, is_active=True)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    # Read auditing ----------------------------------------------------------------------
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            patient_list_access_record(
+                user=request.user,
+                patients=changelist.result_list,
+                purpose=purpose_for(request.user, request.GET.get("purpose")),
+                view="admin patient list",
+                remote_addr=request.META.get("REMOTE_ADDR"),
+            )
+        return response
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> Any:
+        response = super().change_view(request, object_id, form_url, extra_context)
+        patient = getattr(response, "context_data", {}).get("original")
+        if request.method == "GET" and patient is not None:
+            patient_access_record(
+                user=request.user,
+                patient=patient,
+                purpose=purpose_for(request.user, request.GET.get("purpose")),
+                remote_addr=request.META.get("REMOTE_ADDR"),
+            )
+        return response
+
+    # Break the glass --------------------------------------------------------------------
+    def get_urls(self) -> list[Any]:
+        extra = [
+            path(
+                "break-glass/",
+                self.admin_site.admin_view(self.break_glass_view),
+                name="clinical_patient_break_glass",
+            )
+        ]
+        return extra + super().get_urls()
+
+    def break_glass_view(self, request: HttpRequest) -> HttpResponse:
+        if not access.can_break_glass(request.user):
+            raise PermissionDenied
+        form = BreakGlassForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            patient = m.Patient.objects.filter(
+                institution=form.cleaned_data["institution"], mrn=form.cleaned_data["mrn"].strip()
+            ).first()
+            if patient is None:
+                form.add_error("mrn", "No patient with this MRN at this institution.")
+            else:
+                services.break_glass_open(user=request.user, patient=patient, reason=form.cleaned_data["reason"])
+                self.message_user(
+                    request,
+                    f"Emergency access opened for {services.BREAK_GLASS_HOURS} hours. "
+                    "It is logged and will be reviewed.",
+                    messages.WARNING,
+                )
+                return redirect(reverse("admin:clinical_patient_change", args=[patient.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Emergency access (break the glass)",
+            "form": form,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/clinical/patient/break_glass.html", context)
+
     # Forms ----------------------------------------------------------------------------
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         if obj is None:
@@ -466,23 +571,19 @@ class PatientAdmin(CaretrailAdmin):
         super().save_model(request, obj, form, change)
 
     # Actions --------------------------------------------------------------------------
-    @admin.action(description="Validate the selected patients")
+    @admin.action(description="Validate the selected patients", permissions=["validate"])
     def validate_patients(self, request: HttpRequest, queryset: QuerySet[m.Patient]) -> None:
         changeable = queryset.filter(pk__in=access.patients_changeable_by(request.user).values("pk"))
-        done = sum(
-            1 for patient in changeable if services.patient_validate(patient=patient, actor=request.user)
-        )
+        done = sum(1 for patient in changeable if services.patient_validate(patient=patient, actor=request.user))
         self.message_user(request, f"{done} patient(s) validated.", messages.SUCCESS)
 
-    @admin.action(description="Reject the selected patients…")
+    @admin.action(description="Reject the selected patients…", permissions=["validate"])
     def reject_patients(self, request: HttpRequest, queryset: QuerySet[m.Patient]) -> HttpResponse | None:
         changeable = queryset.filter(pk__in=access.patients_changeable_by(request.user).values("pk"))
         form = RejectForm(request.POST if "apply" in request.POST else None)
         if form.is_bound and form.is_valid():
             for patient in changeable:
-                services.patient_reject(
-                    patient=patient, actor=request.user, reason=form.cleaned_data["reason"]
-                )
+                services.patient_reject(patient=patient, actor=request.user, reason=form.cleaned_data["reason"])
             self.message_user(request, f"{changeable.count()} patient(s) rejected.", messages.SUCCESS)
             return None
         context = {
@@ -567,3 +668,142 @@ class AddressAdmin(ContactAdmin):
     search_fields = ("line1", "city", "postal_code")
     list_select_related = ("patient", "doctor__user", "institution", "country", "region")
     autocomplete_fields = ("patient", "doctor", "institution", "country", "region")
+
+
+# Grants and break-the-glass reviews -------------------------------------------------------
+
+
+class GrantForm(forms.ModelForm):
+    kind = forms.ChoiceField(choices=[("view", "View"), ("change", "View and change")])
+
+    class Meta:
+        model = m.PatientUserObjectPermission
+        fields = ("user", "content_object", "kind", "reason", "expires_at")
+        labels = {"content_object": "Patient"}
+
+
+@admin.register(m.PatientUserObjectPermission)
+class PatientGrantAdmin(CaretrailAdmin):
+    """Care-team grants. Institution admins manage those of their institutions' patients."""
+
+    form = GrantForm
+    list_display = (
+        "user",
+        "content_object",
+        "permission",
+        "is_break_glass",
+        "created_at",
+        "expires_at",
+        "state",
+    )
+    list_filter = ("is_break_glass", "permission")
+    search_fields = ("user__email", "user__last_name", "content_object__mrn", "content_object__last_name")
+    autocomplete_fields = ("user", "content_object")
+    list_select_related = ("user", "content_object", "permission")
+    actions = ["revoke_grants"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[m.PatientUserObjectPermission]:
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(content_object__institution__in=access.institutions_administered_by(request.user))
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return ()
+        return [f.name for f in self.model._meta.fields]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return GrantForm.Meta.fields
+        return super().get_fields(request, obj)
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is not None:
+            kwargs["form"] = forms.ModelForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "content_object" and not request.user.is_superuser:
+            kwargs["queryset"] = m.Patient.objects.filter(
+                institution__in=access.institutions_administered_by(request.user)
+            )
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    @admin.display(description="State")
+    def state(self, obj: m.PatientUserObjectPermission) -> str:
+        if obj.revoked_at:
+            return "revoked"
+        return "active" if obj.is_active else "expired"
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if change:
+            return  # grants are history: revoke and grant again instead of editing
+        data = form.cleaned_data
+        created = services.grant_create(
+            patient=data["content_object"],
+            user=data["user"],
+            kind=data["kind"],
+            granted_by=request.user,
+            reason=data["reason"],
+            expires_at=data.get("expires_at"),
+        )
+        obj.pk, obj.uuid = created.pk, created.uuid
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Revoke the selected grants")
+    def revoke_grants(self, request: HttpRequest, queryset: QuerySet[m.PatientUserObjectPermission]) -> None:
+        for grant in queryset:
+            services.grant_revoke(grant=grant, revoked_by=request.user)
+        self.message_user(request, f"{queryset.count()} grant(s) revoked.", messages.SUCCESS)
+
+
+@admin.register(m.BreakGlassReview)
+class BreakGlassReviewAdmin(CaretrailAdmin):
+    """The review queue: every emergency opening, for the patient's institution admins."""
+
+    list_display = ("created_at", "opened_by", "patient", "reason", "institution", "outcome", "reviewed_by")
+    list_filter = ("outcome", "institution")
+    list_select_related = ("grant__user", "grant__content_object", "institution", "reviewed_by")
+    readonly_fields = ("grant", "institution", "created_at", "outcome", "reviewed_by", "reviewed_at")
+    fields = ("grant", "institution", "created_at", "outcome", "reviewed_by", "reviewed_at", "notes")
+    actions = ["mark_appropriate", "mark_inappropriate"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[m.BreakGlassReview]:
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(institution__in=access.institutions_administered_by(request.user))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # reviews are created by break_glass_open
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="Opened by")
+    def opened_by(self, obj: m.BreakGlassReview) -> str:
+        return str(obj.grant.user)
+
+    @admin.display(description="Patient")
+    def patient(self, obj: m.BreakGlassReview) -> str:
+        return str(obj.grant.content_object)
+
+    @admin.display(description="Reason")
+    def reason(self, obj: m.BreakGlassReview) -> str:
+        return obj.grant.reason
+
+    def _review(self, request: HttpRequest, queryset: QuerySet[m.BreakGlassReview], outcome: str) -> None:
+        for review in queryset:
+            services.break_glass_review(review=review, reviewer=request.user, outcome=outcome)
+        self.message_user(request, f"{queryset.count()} review(s) recorded.", messages.SUCCESS)
+
+    @admin.action(description="Mark as appropriate")
+    def mark_appropriate(self, request: HttpRequest, queryset: QuerySet[m.BreakGlassReview]) -> None:
+        self._review(request, queryset, m.ReviewOutcome.APPROPRIATE)
+
+    @admin.action(description="Mark as inappropriate")
+    def mark_inappropriate(self, request: HttpRequest, queryset: QuerySet[m.BreakGlassReview]) -> None:
+        self._review(request, queryset, m.ReviewOutcome.INAPPROPRIATE)

@@ -149,9 +149,7 @@ class DemoBuilder:
         self.specialties = list(m.Specialty.objects.all())
         self.countries = {c.alpha2: c for c in m.Country.objects.filter(alpha2__in={c for c, _, _ in CITIES})}
         self.institution_type = m.InstitutionType.objects.order_by("id").first()
-        if not (
-            self.sexes and self.conditions and self.medications and self.specialties and self.institution_type
-        ):
+        if not (self.sexes and self.conditions and self.medications and self.specialties and self.institution_type):
             raise RuntimeError("Load the reference data first: manage.py load_reference_data")
 
     # Identity -----------------------------------------------------------------------
@@ -200,15 +198,11 @@ class DemoBuilder:
             fake = self.fakers[inst.country.alpha2]
             for role, n in ((m.MembershipRole.DOCTOR, doctors_each), (m.MembershipRole.NURSE, nurses_each)):
                 for _ in range(n):
-                    user = self.new_user(
-                        fake.first_name(), fake.last_name(), staff=True, domain="staff.example.org"
-                    )
+                    user = self.new_user(fake.first_name(), fake.last_name(), staff=True, domain="staff.example.org")
                     users.append((user, inst, role))
         created = bulk_insert(User, [u for u, _, _ in users])
         for user, (_, inst, role) in zip(created, users, strict=True):
-            memberships.append(
-                m.InstitutionMembership(user=user, institution=inst, role=role, valid_from=now)
-            )
+            memberships.append(m.InstitutionMembership(user=user, institution=inst, role=role, valid_from=now))
             if role == m.MembershipRole.DOCTOR:
                 self.serial += 1
                 doctor_rows.append(
@@ -281,9 +275,7 @@ class DemoBuilder:
                 )
             )
         medications = []
-        for med in rng.sample(
-            self.medications, k=min(len(self.medications), int(len(chosen) * rng.uniform(0.5, 1.3)))
-        ):
+        for med in rng.sample(self.medications, k=min(len(self.medications), int(len(chosen) * rng.uniform(0.5, 1.3)))):
             start = self.today - datetime.timedelta(days=rng.randint(0, 2000))
             ended = rng.random() < 0.25
             medications.append(
@@ -291,9 +283,7 @@ class DemoBuilder:
                     patient=patient,
                     medication=med,
                     dose="1 " + ("tablet" if "tablet" in med.form else "dose"),
-                    route="oral"
-                    if med.form in {"tablet", "capsule", "oral solution", "oral suspension"}
-                    else "",
+                    route="oral" if med.form in {"tablet", "capsule", "oral solution", "oral suspension"} else "",
                     frequency=rng.choice(["once a day", "twice a day", "three times a day", "as needed"]),
                     start_date=start,
                     end_date=start + datetime.timedelta(days=rng.randint(5, 120)) if ended else None,
@@ -317,9 +307,7 @@ class DemoBuilder:
                 )
         return conditions, medications, allergies
 
-    def patients(
-        self, doctors: list[m.Doctor], total: int, counts: Counts, tick: Callable[[int], None]
-    ) -> None:
+    def patients(self, doctors: list[m.Doctor], total: int, counts: Counts, tick: Callable[[int], None]) -> None:
         next_mrn = {
             inst.pk: inst.next_mrn
             for inst in m.MedicalInstitution.objects.filter(pk__in={d.institution_id for d in doctors})
@@ -350,15 +338,11 @@ class DemoBuilder:
                         last_name=last,
                         date_of_birth=self._birth_date(),
                         sex=sex,
-                        gender=self.rng.choice(self.genders)
-                        if self.genders and self.rng.random() < 0.3
-                        else None,
+                        gender=self.rng.choice(self.genders) if self.genders and self.rng.random() < 0.3 else None,
                         validation_status=status,
                         reviewed_by=doctor.user if status != "pending" else None,
                         reviewed_at=timezone.now() if status != "pending" else None,
-                        rejection_reason="Identity documents did not match."
-                        if status == "rejected"
-                        else None,
+                        rejection_reason="Identity documents did not match." if status == "rejected" else None,
                     )
                     if self.rng.random() < 0.35:
                         portal_users.append(
@@ -410,15 +394,23 @@ def seed_population(
     seed: int,
     password_hash: str,
     tick: Callable[[int], None] = lambda n: None,
+    institutions: int | None = None,
+    doctors_per_institution: int | None = None,
+    nurses_per_institution: int | None = None,
 ) -> Counts:
-    """Create institutions, staff and ``patients`` patients with their lists."""
+    """Create institutions, staff and ``patients`` patients with their lists.
+
+    Without explicit sizes the directory grows with the number of patients
+    (up to 20 institutions of 20 doctors).
+    """
     builder = DemoBuilder(seed=seed, password_hash=password_hash)
     counts = Counts()
-    n_institutions = min(20, max(2, patients // 500))
-    doctors_each = max(2, min(20, patients // (n_institutions * 25) or 1))
+    n_institutions = institutions or min(20, max(2, patients // 500))
+    doctors_each = doctors_per_institution or max(2, min(20, patients // (n_institutions * 25) or 1))
+    nurses_each = nurses_per_institution if nurses_per_institution is not None else max(1, doctors_each // 2)
     with transaction.atomic():
-        institutions = builder.institutions(n_institutions)
-        doctors, nurses = builder.staff(institutions, doctors_each, max(1, doctors_each // 2))
-    counts.institutions, counts.doctors, counts.nurses = len(institutions), len(doctors), nurses
+        created = builder.institutions(n_institutions)
+        doctors, nurses = builder.staff(created, doctors_each, nurses_each)
+    counts.institutions, counts.doctors, counts.nurses = len(created), len(doctors), nurses
     builder.patients(doctors, patients, counts, tick)
     return counts

@@ -12,7 +12,7 @@ from clinical.models import Doctor, MedicalInstitution, Patient, ValidationStatu
 
 
 def patient_list(*, user: Any) -> QuerySet[Patient]:
-    return patients_visible_to(user).select_related("institution", "doctor__user", "sex")
+    return patients_visible_to(user).select_related("institution", "doctor__user", "sex", "gender")
 
 
 def headline_counts(*, user: Any) -> list[dict[str, Any]]:
