@@ -6,9 +6,11 @@ from auditlog.mixins import AuditlogHistoryAdminMixin
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from accounts.models import ApiToken, User
+from accounts.services import mfa_reset, user_sessions_revoke
 
 
 class UserCreateForm(AdminUserCreationForm):
@@ -46,6 +48,22 @@ class UserAdmin(AuditlogHistoryAdminMixin, DjangoUserAdmin):
         ),
     )
     filter_horizontal = ("groups", "user_permissions")
+    actions = ("end_sessions", "reset_mfa")
+
+    @admin.action(description="End all sessions and API tokens of the selected users", permissions=["change"])
+    def end_sessions(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        for user in queryset:
+            user_sessions_revoke(user=user)
+        self.message_user(request, f"Ended the sessions and API tokens of {len(queryset)} user(s).")
+
+    @admin.action(
+        description="Reset two-factor authentication (they enrol again at their next sign-in)",
+        permissions=["change"],
+    )
+    def reset_mfa(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        for user in queryset:
+            mfa_reset(user=user)
+        self.message_user(request, f"Reset two-factor authentication of {len(queryset)} user(s).")
 
 
 @admin.register(ApiToken)

@@ -90,8 +90,7 @@ class EncryptedMixin:
         row_id = row_id or getattr(instance, ROW_ID_ATTRIBUTE, None)
         if row_id is None:
             raise ValueError(
-                f"{self.model._meta.label}.{self.name} needs the row's {ROW_ID_ATTRIBUTE} "
-                "before it can be encrypted."
+                f"{self.model._meta.label}.{self.name} needs the row's {ROW_ID_ATTRIBUTE} before it can be encrypted."
             )
         return associated_data(self.model._meta.label_lower, self.attname, row_id)
 
@@ -192,9 +191,9 @@ def _carries_only_ciphertext(expression: Any, column: str) -> bool:
     if isinstance(expression, Value):
         return expression.value is None or isinstance(expression.value, Sealed)
     if isinstance(expression, Case):
-        return all(
-            _carries_only_ciphertext(w, column) for w in expression.cases
-        ) and _carries_only_ciphertext(expression.default, column)
+        return all(_carries_only_ciphertext(w, column) for w in expression.cases) and _carries_only_ciphertext(
+            expression.default, column
+        )
     if isinstance(expression, When):
         return _carries_only_ciphertext(expression.result, column)
     if isinstance(expression, F):
@@ -214,11 +213,7 @@ class EncryptedQuerySet(models.QuerySet[Any]):
         for name, value in kwargs.items():
             field = self.model._meta.get_field(name)
             expression = hasattr(value, "resolve_expression")
-            if (
-                isinstance(field, EncryptedMixin)
-                and expression
-                and not _carries_only_ciphertext(value, field.attname)
-            ):
+            if isinstance(field, EncryptedMixin) and expression and not _carries_only_ciphertext(value, field.attname):
                 raise TypeError(
                     f"{self.model._meta.label}.{name} is encrypted per row; an expression "
                     "could write plaintext into it."

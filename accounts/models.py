@@ -8,9 +8,11 @@ from typing import Any, ClassVar
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
+from django.contrib.postgres.functions import RandomUUID
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 
 class PublicModel(models.Model):
@@ -81,15 +83,17 @@ class User(AbstractBaseUser, PermissionsMixin, TimestampedModel):
     email = models.EmailField("e-mail address", max_length=254)
     first_name = models.CharField(max_length=150, blank=True)
     last_name = models.CharField(max_length=150, blank=True)
-    preferred_language = models.CharField(
-        max_length=8, choices=settings.LANGUAGES, default=settings.LANGUAGE_CODE
-    )
+    preferred_language = models.CharField(max_length=8, choices=settings.LANGUAGES, default=settings.LANGUAGE_CODE)
     email_verified = models.BooleanField(default=False)
     is_active = models.BooleanField(default=True)
-    is_staff = models.BooleanField(
-        default=False, help_text="Designates whether the user can sign in to the admin."
-    )
+    is_staff = models.BooleanField(default=False, help_text="Designates whether the user can sign in to the admin.")
     date_joined = models.DateTimeField(default=timezone.now)
+    security_stamp = models.UUIDField(
+        default=uuid.uuid4,
+        db_default=RandomUUID(),
+        editable=False,
+        help_text="Changing it ends every session and API token of the user at their next request.",
+    )
 
     objects = UserManager()
 
@@ -121,6 +125,15 @@ class User(AbstractBaseUser, PermissionsMixin, TimestampedModel):
         super().clean()
         self.email = type(self).objects.normalize_email(self.email).strip()
 
+    def _get_session_auth_hash(self, secret: str | None = None) -> str:
+        # Django checks this HMAC on every request of a session: mixing in the
+        # security stamp lets ``user_sessions_revoke`` end all sessions at once,
+        # as a password change already does. Overriding the private method keeps
+        # SECRET_KEY_FALLBACKS working, since both public methods call it.
+        key_salt = "accounts.User.get_session_auth_hash"
+        value = f"{self.password}|{self.security_stamp}"
+        return salted_hmac(key_salt, value, secret=secret, algorithm="sha256").hexdigest()
+
 
 class ApiToken(PublicModel):
     """A bearer token for API clients. Only a SHA-256 of the secret is stored."""
@@ -133,6 +146,9 @@ class ApiToken(PublicModel):
     expires_at = models.DateTimeField()
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    security_stamp = models.UUIDField(
+        editable=False, help_text="The user's security stamp when the token was issued; it must still match."
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -149,3 +165,24 @@ class ApiToken(PublicModel):
     @property
     def is_usable(self) -> bool:
         return self.revoked_at is None and self.expires_at > timezone.now()
+
+
+class PasswordResetRequest(models.Model):
+    """One request for a password-reset e-mail, kept only while it counts towards the limit.
+
+    Rows live in the database rather than the cache so that the limit holds
+    across every web process, with or without Redis.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    ip_address = models.GenericIPAddressField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["ip_address", "created_at"], name="accounts_pwreset_ip_time"),
+            models.Index(fields=["created_at"], name="accounts_pwreset_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.ip_address} at {self.created_at:%Y-%m-%d %H:%M}"

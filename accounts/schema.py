@@ -28,8 +28,7 @@ def trigger_name(table: str) -> str:
 def touch_updated_at(*tables: str) -> migrations.RunSQL:
     """A migration operation that keeps ``updated_at`` current on ``tables``."""
     forward = [
-        f"CREATE TRIGGER {trigger_name(t)} BEFORE UPDATE ON {t} "
-        f"FOR EACH ROW EXECUTE FUNCTION {TOUCH_FUNCTION}();"
+        f"CREATE TRIGGER {trigger_name(t)} BEFORE UPDATE ON {t} FOR EACH ROW EXECUTE FUNCTION {TOUCH_FUNCTION}();"
         for t in tables
     ]
     backward = [f"DROP TRIGGER IF EXISTS {trigger_name(t)} ON {t};" for t in tables]

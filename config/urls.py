@@ -18,3 +18,12 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("healthz", healthz, name="healthz"),
 ]
+
+# Login hardening (accounts): MFA and password-reset pages. The second name lets
+# the admin's login page show its "Forgotten your login credentials?" link.
+from accounts.views import PasswordResetView  # noqa: E402
+
+urlpatterns += [
+    path("accounts/", include("accounts.urls")),
+    path("accounts/password-reset/", PasswordResetView.as_view(), name="admin_password_reset"),
+]

@@ -16,6 +16,10 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
+from django.urls import reverse
+from django_otp import DEVICE_ID_SESSION_KEY
+from django_otp.oath import TOTP
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from clinical import services
 from clinical.catalog_loader import load_reference_data
@@ -76,9 +80,8 @@ def superuser(db: Any) -> Any:
 
 @pytest.fixture
 def superuser_client(superuser: Any) -> Client:
-    client = Client()
-    client.force_login(superuser)
-    return client
+    # Superusers are staff: signed in through the admin form and MFA (see the end of this file).
+    return login_with_mfa(Client(), superuser)
 
 
 @pytest.fixture
@@ -147,3 +150,61 @@ def make_patient(ref: SimpleNamespace, doctor: Doctor) -> Callable[..., Patient]
 @pytest.fixture
 def patient(make_patient: Callable[..., Patient]) -> Patient:
     return make_patient()
+
+
+# MFA-aware staff logins (accounts) -----------------------------------------------------
+# Staff reach the admin only with a session that passed MFA. These helpers sign a
+# staff user in the way a person does: the admin login form, then enrolment (first
+# time) or verification with a code computed from the device's own key. A
+# ``client.force_login`` session is NOT verified, so admin pages refuse it.
+
+
+def totp_code(device: Any) -> str:
+    """The code the user's authenticator app would show now for ``device``.
+
+    A device accepts each time step once (replay protection). When this test
+    already used the current and the next step for this device, a person would
+    wait 30 seconds; tests do not sleep, so the device forgets its last step.
+    """
+    totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
+    step = max(totp.t(), device.last_t + 1)
+    if step > totp.t() + device.tolerance:
+        TOTPDevice.objects.filter(pk=device.pk).update(last_t=-1)
+        step = totp.t()
+    totp.time = (step - device.drift) * device.step + device.t0
+    return f"{totp.token():0{device.digits}d}"
+
+
+def login_with_mfa(client: Client, user: Any, password: str = PASSWORD) -> Client:
+    """Sign ``user`` (staff) in through the admin login form and the real MFA pages."""
+    login = client.post(
+        reverse("admin:login"), {"username": user.email, "password": password, "next": reverse("admin:index")}
+    )
+    assert login.status_code == 302, f"the admin login form refused {user.email} ({login.status_code})"
+    device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
+    if device is not None:
+        verified = client.post(reverse("accounts:mfa-verify"), {"code": totp_code(device)})
+        assert verified.status_code == 302, f"MFA verification failed ({verified.status_code})"
+    else:
+        assert client.get(reverse("accounts:mfa-setup")).status_code == 200
+        device = TOTPDevice.objects.get(user=user, confirmed=False)
+        enrolled = client.post(reverse("accounts:mfa-setup"), {"code": totp_code(device)})
+        assert enrolled.status_code == 200 and b"backup-codes" in enrolled.content, "MFA enrolment failed"
+    assert client.session.get(DEVICE_ID_SESSION_KEY), "the session did not pass MFA"
+    return client
+
+
+@pytest.fixture
+def otp_login(db: Any) -> Callable[..., Client]:
+    """``otp_login(client, user)`` signs a staff user in on ``client`` through MFA."""
+    return login_with_mfa
+
+
+@pytest.fixture
+def staff_client_factory(db: Any) -> Callable[..., Client]:
+    """``staff_client_factory(user)``: a new client with ``user`` signed in through MFA."""
+
+    def make(user: Any, password: str = PASSWORD) -> Client:
+        return login_with_mfa(Client(), user, password)
+
+    return make

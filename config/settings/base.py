@@ -226,3 +226,64 @@ SILENCED_SYSTEM_CHECKS = [
 CELERY_BEAT_SCHEDULE = {
     "purge-stale-api-tokens": {"task": "accounts.api_tokens_purge", "schedule": 6 * 60 * 60},
 }
+
+# Login hardening (accounts) --------------------------------------------------
+# Argon2 first, every login path under lockout, TOTP MFA for staff, staff session
+# limits. Kept in one block so the rest of this file stays as it was.
+from datetime import timedelta  # noqa: E402
+
+INSTALLED_APPS += [
+    "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
+]
+# After authentication and messages (an ended session says why).
+_after_auth = MIDDLEWARE.index("django.contrib.messages.middleware.MessageMiddleware") + 1
+MIDDLEWARE[_after_auth:_after_auth] = [
+    "accounts.middleware.StaffSessionLimitsMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    "accounts.middleware.MfaRequiredMiddleware",
+]
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")  # last, as django-axes requires
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", *AUTHENTICATION_BACKENDS]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.Argon2PasswordHasher", *PASSWORD_HASHERS]
+# Session-authenticated API calls by staff count only once the session passed MFA.
+REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] = [
+    "accounts.authentication.ApiTokenAuthentication",
+    "accounts.authentication.MfaSessionAuthentication",
+]
+
+# Lockout: 5 failures per (user, IP) lock that pair for 15 minutes; a superuser
+# unlocks by deleting the access attempt in the admin.
+AXES_FAILURE_LIMIT = 5
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_USERNAME_FORM_FIELD = "username"
+AXES_USERNAME_CALLABLE = "accounts.lockout.lockout_username"
+AXES_CLIENT_IP_CALLABLE = "accounts.lockout.client_ip"
+AXES_LOCKOUT_CALLABLE = "accounts.lockout.lockout_response"
+AXES_RESET_ON_SUCCESS = False  # reset only after the whole login (MFA included) succeeded
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False  # the lock lasts 15 minutes, not longer
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+# Kept out of axes' log lines and stored form data (usernames are e-mail addresses).
+AXES_SENSITIVE_PARAMETERS = ["username", "email", "ip_address", "password", "otp", "code", "token"]
+AXES_VERBOSE = False  # no start-up banner, and log lines name only the lockout parameters
+# Behind N reverse proxies, the client is the Nth address from the right of X-Forwarded-For.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+PASSWORD_RESET_LIMIT = 5  # reset e-mails per client address per window
+PASSWORD_RESET_WINDOW = timedelta(minutes=15)
+
+# MFA: required for staff. Only local settings may relax it (MFA_REQUIRED=false).
+MFA_REQUIRED = True
+OTP_TOTP_ISSUER = "Caretrail"
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
+MFA_BACKUP_CODES = 10
+
+# Staff sessions end after 15 minutes without a request and 12 hours after sign-in.
+STAFF_SESSION_IDLE_TIMEOUT = timedelta(minutes=15)
+STAFF_SESSION_MAX_AGE = timedelta(hours=12)
+
+# E-mail (password reset): EMAIL_URL, e.g. smtp+tls://user:pw@mail.example.org:587
+vars().update(env.email_url("EMAIL_URL", default="smtp://localhost:25"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Caretrail <no-reply@localhost>")

@@ -26,3 +26,7 @@ SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 STATIC_ROOT = env.str("STATIC_ROOT", default=str(STATIC_ROOT))
+
+# Login hardening (accounts): MFA for staff cannot be switched off in production,
+# whatever MFA_REQUIRED says.
+MFA_REQUIRED = True

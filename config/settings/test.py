@@ -12,9 +12,7 @@ ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]
 FIELD_ENCRYPTION_KEYS = env.str("FIELD_ENCRYPTION_KEYS", default="") or local_secret(
     VAR_DIR / "field-encryption-keys", new_field_key
 )
-DATABASES = {
-    "default": database_from_url(env.str("DATABASE_URL", default="") or embedded_database_url(VAR_DIR))
-}
+DATABASES = {"default": database_from_url(env.str("DATABASE_URL", default="") or embedded_database_url(VAR_DIR))}
 # One test database per test process, so parallel runs on one server do not
 # drop each other's database.
 DATABASES["default"]["TEST"] = {"NAME": f"test_caretrail_{os.getpid()}"}
@@ -28,3 +26,7 @@ STORAGES = {
     },
 }
 CELERY_TASK_ALWAYS_EAGER = True
+
+# Login hardening (accounts): the real MFA path in tests; mail stays in memory.
+MFA_REQUIRED = True
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"

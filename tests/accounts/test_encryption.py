@@ -78,9 +78,7 @@ def phi_rows(ref, make_patient, superuser):
         notes=texts[("clinical_patient", "notes")],
         profile={"notes": texts[("clinical_healthprofile", "notes")]},
     )
-    services.patient_reject(
-        patient=patient, actor=superuser, reason=texts[("clinical_patient", "rejection_reason")]
-    )
+    services.patient_reject(patient=patient, actor=superuser, reason=texts[("clinical_patient", "rejection_reason")])
     profile = HealthProfile.objects.get(patient=patient)
     condition = PatientCondition.objects.create(
         patient=patient,
@@ -105,10 +103,7 @@ def phi_rows(ref, make_patient, superuser):
         "clinical_patientmedication": medication.pk,
         "clinical_patientallergy": allergy.pk,
     }
-    return {
-        (table, column): (model, pks[table], texts[(table, column)])
-        for model, table, column in ENCRYPTED_COLUMNS
-    }
+    return {(table, column): (model, pks[table], texts[(table, column)]) for model, table, column in ENCRYPTED_COLUMNS}
 
 
 # What the database holds ------------------------------------------------------------
@@ -191,8 +186,7 @@ def test_a_token_copied_to_another_row_does_not_open(make_patient):
     b = make_patient(notes="Patient B: nothing remarkable")
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE clinical_patient SET notes = (SELECT notes FROM clinical_patient WHERE id = %s) "
-            "WHERE id = %s",
+            "UPDATE clinical_patient SET notes = (SELECT notes FROM clinical_patient WHERE id = %s) WHERE id = %s",
             [a.pk, b.pk],
         )
     assert stored("clinical_patient", "notes", b.pk) == stored("clinical_patient", "notes", a.pk)

@@ -47,9 +47,7 @@ def test_a_user_changes_their_language_and_name(token_client, user):
 
 
 def test_an_unknown_language_is_refused_with_a_json_error_naming_the_field(token_client, user):
-    response = token_client.patch(
-        "/api/v1/me/", {"preferred_language": "xx"}, content_type="application/json"
-    )
+    response = token_client.patch("/api/v1/me/", {"preferred_language": "xx"}, content_type="application/json")
     assert response.status_code == 400
     assert "preferred_language" in response.json()
     user.refresh_from_db()
@@ -57,9 +55,7 @@ def test_an_unknown_language_is_refused_with_a_json_error_naming_the_field(token
 
 
 def test_read_only_fields_cannot_be_changed_through_the_api(token_client, user):
-    token_client.patch(
-        "/api/v1/me/", {"email": "evil@example.org", "is_staff": True}, content_type="application/json"
-    )
+    token_client.patch("/api/v1/me/", {"email": "evil@example.org", "is_staff": True}, content_type="application/json")
     user.refresh_from_db()
     assert user.email != "evil@example.org"
     assert user.is_staff is False

@@ -1,0 +1,40 @@
+"""Personas for the login tests: a patient-like user, staff with and without an MFA device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from tests.conftest import totp_code
+
+
+@pytest.fixture
+def member(make_user: Callable[..., Any]) -> Any:
+    """A user who is not staff (a patient, say)."""
+    return make_user(email="mary.seacole@example.org")
+
+
+@pytest.fixture
+def staff(make_user: Callable[..., Any]) -> Any:
+    """Staff who never set up MFA."""
+    return make_user(email="florence@example.org", is_staff=True)
+
+
+@pytest.fixture
+def device(staff: Any) -> TOTPDevice:
+    """A confirmed authenticator app of ``staff``, as enrolment leaves it."""
+    return TOTPDevice.objects.create(user=staff, name="Phone", confirmed=True)
+
+
+@pytest.fixture
+def code() -> Callable[[TOTPDevice], str]:
+    """The code the device's app shows now."""
+
+    def current(device: TOTPDevice) -> str:
+        device.refresh_from_db()
+        return totp_code(device)
+
+    return current
