@@ -269,14 +269,15 @@ def mfa_enrolment_confirm(*, request: HttpRequest, user: User, code: str) -> lis
     """
     if login_is_locked(request=request, username=user.email):
         raise LockedOut(locked_out_message())
+    code = "".join(code.split())
+    codes: list[str] | None = None
     with transaction.atomic():
         device = TOTPDevice.objects.select_for_update().filter(user=user, confirmed=False).order_by("pk").first()
-        accepted = device is not None and TOTP_CODE.match(code.strip()) and device.verify_token(code.strip())
-        if accepted:
+        if device is not None and TOTP_CODE.match(code) and device.verify_token(code):
             device.confirmed = True
             device.save(update_fields=["confirmed"])
             codes = mfa_backup_codes_issue(user=user)
-    if not accepted:
+    if codes is None:
         if login_failure_record(request=request, username=user.email):
             raise LockedOut(locked_out_message())
         raise MfaCodeInvalid("The code is not valid. Check the time on your phone and enter the current code.")
