@@ -104,7 +104,6 @@ def _measure(client: Any, headers: dict[str, str]) -> dict[str, float]:
 def run(small: int = 2_000, large: int = 200_000) -> None:
     from django.conf import settings
     from django.contrib.auth.hashers import make_password
-    from django.contrib.auth.models import Group
     from django.test import Client
 
     from accounts.services import api_token_create
@@ -116,7 +115,6 @@ def run(small: int = 2_000, large: int = 200_000) -> None:
     builder = DemoBuilder(seed=42, password_hash=make_password("bench-only-password"))
     institutions = builder.institutions(20)
     doctors, _ = builder.staff(institutions, 20, 5)
-    Group.objects.get(name="Doctor").user_set.add(*[d.user_id for d in doctors])
     doctor = doctors[0]
     _, secret = api_token_create(user=doctor.user)
     headers = {"HTTP_AUTHORIZATION": f"Token {secret}"}

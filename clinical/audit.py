@@ -39,9 +39,7 @@ def purpose_for(user: Any, requested: str | None = None) -> str:
     return PATIENT_REQUEST if not getattr(user, "is_staff", False) else TREATMENT
 
 
-def patient_access_record(
-    *, user: Any, patient: Patient, purpose: str, remote_addr: str | None = None
-) -> LogEntry:
+def patient_access_record(*, user: Any, patient: Patient, purpose: str, remote_addr: str | None = None) -> LogEntry:
     """One ACCESS entry for a detail read of ``patient``."""
     break_glass = access.is_break_glass_access(user, patient)
     entry: LogEntry = LogEntry.objects.log_create(

@@ -153,10 +153,7 @@ def load_catalogs(result: SyncResult) -> None:
     sync(
         Sex,
         ("code_system", "code"),
-        (
-            {"code_system": r["system"], "code": r["code"], "display": r["display"]}
-            for r in read_csv("sexes.csv")
-        ),
+        ({"code_system": r["system"], "code": r["code"], "display": r["display"]} for r in read_csv("sexes.csv")),
         result,
     )
     sync(Gender, "code", read_csv("genders.csv"), result)

@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db import models, transaction
 from django.utils import timezone
 from faker import Faker
@@ -215,6 +216,11 @@ class DemoBuilder:
                 )
         bulk_insert(m.InstitutionMembership, memberships)
         doctors = bulk_insert(m.Doctor, doctor_rows)
+        # The role groups come from cms's matrix (by name: clinical does not import cms).
+        for role, group_name in ((m.MembershipRole.DOCTOR, "Doctor"), (m.MembershipRole.NURSE, "Nurse")):
+            group = Group.objects.filter(name=group_name).first()
+            if group is not None:
+                group.user_set.add(*[user.pk for user, (_, _, r) in zip(created, users, strict=True) if r == role])
         return doctors, len(users) - len(doctors)
 
     # Patients -------------------------------------------------------------------------

@@ -121,22 +121,16 @@ def membership_start(
 
 
 @transaction.atomic
-def membership_end(
-    *, membership: InstitutionMembership, at: datetime.datetime | None = None
-) -> InstitutionMembership:
+def membership_end(*, membership: InstitutionMembership, at: datetime.datetime | None = None) -> InstitutionMembership:
     """End a membership. A doctor cannot leave their primary institution this way."""
     at = at or timezone.now()
     if membership.valid_until is not None and membership.valid_until <= at:
         return membership
     if (
         membership.role == MembershipRole.DOCTOR
-        and Doctor.objects.filter(
-            user_id=membership.user_id, institution_id=membership.institution_id
-        ).exists()
+        and Doctor.objects.filter(user_id=membership.user_id, institution_id=membership.institution_id).exists()
     ):
-        raise ValidationError(
-            {"valid_until": "This is the doctor's primary institution: move the doctor first."}
-        )
+        raise ValidationError({"valid_until": "This is the doctor's primary institution: move the doctor first."})
     membership.valid_until = max(at, membership.valid_from + datetime.timedelta(microseconds=1))
     validate(membership)
     membership.save(update_fields=["valid_until", "updated_at"])
@@ -178,9 +172,7 @@ def doctor_register(
         .exists()
     ):
         membership_start(user=user, institution=institution, role=MembershipRole.DOCTOR)
-    doctor = Doctor(
-        user=user, institution=institution, specialty=specialty, license_number=license_number.strip()
-    )
+    doctor = Doctor(user=user, institution=institution, specialty=specialty, license_number=license_number.strip())
     validate(doctor)
     doctor.save()
     for phone in phones:
@@ -419,9 +411,7 @@ def break_glass_open(
 
 
 @transaction.atomic
-def break_glass_review(
-    *, review: BreakGlassReview, reviewer: Any, outcome: str, notes: str = ""
-) -> BreakGlassReview:
+def break_glass_review(*, review: BreakGlassReview, reviewer: Any, outcome: str, notes: str = "") -> BreakGlassReview:
     if outcome not in (ReviewOutcome.APPROPRIATE, ReviewOutcome.INAPPROPRIATE):
         raise ValidationError({"outcome": "Choose appropriate or inappropriate."})
     review.outcome = outcome

@@ -31,9 +31,7 @@ class Drift:
         return out
 
 
-def roles_sync(
-    *, apply: bool = True, group_model: Any = Group, permission_model: Any = Permission
-) -> list[Drift]:
+def roles_sync(*, apply: bool = True, group_model: Any = Group, permission_model: Any = Permission) -> list[Drift]:
     """Compare the groups with the matrix; with ``apply`` make them equal. Idempotent.
 
     The model classes are parameters so that a data migration can pass its
@@ -41,9 +39,7 @@ def roles_sync(
     """
     known = {
         f"{app_label}.{codename}": pk
-        for pk, app_label, codename in permission_model.objects.values_list(
-            "pk", "content_type__app_label", "codename"
-        )
+        for pk, app_label, codename in permission_model.objects.values_list("pk", "content_type__app_label", "codename")
     }
     drifts = []
     with transaction.atomic():
@@ -57,9 +53,7 @@ def roles_sync(
             else:
                 current = {
                     f"{app_label}.{codename}"
-                    for app_label, codename in group.permissions.values_list(
-                        "content_type__app_label", "codename"
-                    )
+                    for app_label, codename in group.permissions.values_list("content_type__app_label", "codename")
                 }
             drift.missing = (wanted - current) - drift.unknown
             drift.extra = current - wanted

@@ -152,6 +152,46 @@ def patient(make_patient: Callable[..., Patient]) -> Patient:
     return make_patient()
 
 
+# Roles and personas (access policy) ---------------------------------------------------
+
+
+@pytest.fixture
+def roles(db: Any) -> None:
+    """Groups as the role matrix declares them (a transactional test may have flushed them)."""
+    from cms.services import roles_sync
+
+    roles_sync()
+
+
+@pytest.fixture
+def make_staff(roles: None, make_user: Callable[..., Any]) -> Callable[..., Any]:
+    """``make_staff(role, institution=None, membership_role=None)``: a staff user holding a role.
+
+    With ``institution`` the user also gets an active membership there
+    (``membership_role`` defaults to the role's natural one).
+    """
+    from clinical.models import MembershipRole
+
+    natural = {
+        "Doctor": MembershipRole.DOCTOR,
+        "Nurse": MembershipRole.NURSE,
+        "Institution Admin": MembershipRole.INSTITUTION_ADMIN,
+    }
+
+    def make(role: str, institution: Any = None, membership_role: str | None = None, **fields: Any) -> Any:
+        from django.contrib.auth.models import Group
+
+        user = make_user(is_staff=True, **fields)
+        user.groups.add(Group.objects.get(name=role))
+        if institution is not None:
+            services.membership_start(
+                user=user, institution=institution, role=membership_role or natural.get(role, MembershipRole.STAFF)
+            )
+        return user
+
+    return make
+
+
 # MFA-aware staff logins (accounts) -----------------------------------------------------
 # Staff reach the admin only with a session that passed MFA. These helpers sign a
 # staff user in the way a person does: the admin login form, then enrolment (first

@@ -57,9 +57,7 @@ class Region(PublicModel):
     """ISO 3166-2 subdivisions; ``parent`` follows the standard's hierarchy."""
 
     country = models.ForeignKey(Country, on_delete=models.PROTECT, related_name="regions")
-    parent = models.ForeignKey(
-        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="children"
-    )
+    parent = models.ForeignKey("self", on_delete=models.PROTECT, null=True, blank=True, related_name="children")
     code = models.CharField("ISO 3166-2 code", max_length=10, unique=True)
     name = models.CharField(max_length=200)
     category = models.CharField(max_length=100, blank=True)
@@ -100,9 +98,7 @@ class Sex(PublicModel):
     class Meta:
         ordering = ["display"]
         verbose_name_plural = "sexes"
-        constraints = [
-            models.UniqueConstraint(fields=["code_system", "code"], name="clinical_sex_code_unique")
-        ]
+        constraints = [models.UniqueConstraint(fields=["code_system", "code"], name="clinical_sex_code_unique")]
 
     def __str__(self) -> str:
         return self.display
@@ -174,9 +170,7 @@ class MedicalCondition(PublicModel):
     class Meta:
         ordering = ["code"]
         constraints = [
-            models.UniqueConstraint(
-                fields=["code_system", "code"], name="clinical_medicalcondition_code_unique"
-            )
+            models.UniqueConstraint(fields=["code_system", "code"], name="clinical_medicalcondition_code_unique")
         ]
 
     def __str__(self) -> str:
@@ -199,12 +193,9 @@ class Medication(PublicModel):
     class Meta:
         ordering = ["generic_name", "strength"]
         constraints = [
-            models.UniqueConstraint(
-                fields=["generic_name", "form", "strength"], name="clinical_medication_unique"
-            ),
+            models.UniqueConstraint(fields=["generic_name", "form", "strength"], name="clinical_medication_unique"),
             models.CheckConstraint(
-                condition=models.Q(atc_code="")
-                | models.Q(atc_code__regex=r"^[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}$"),
+                condition=models.Q(atc_code="") | models.Q(atc_code__regex=r"^[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}$"),
                 name="clinical_medication_atc_format",
             ),
             models.CheckConstraint(

@@ -63,9 +63,7 @@ class OwnedContact(TimestampedModel):
 
 
 class Email(OwnedContact):
-    patient = models.ForeignKey(
-        Patient, on_delete=models.PROTECT, null=True, blank=True, related_name="emails"
-    )
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, null=True, blank=True, related_name="emails")
     doctor = models.ForeignKey(Doctor, on_delete=models.PROTECT, null=True, blank=True, related_name="emails")
     institution = models.ForeignKey(
         MedicalInstitution, on_delete=models.PROTECT, null=True, blank=True, related_name="emails"
@@ -94,16 +92,12 @@ class Phone(OwnedContact):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="phones"
     )
-    patient = models.ForeignKey(
-        Patient, on_delete=models.PROTECT, null=True, blank=True, related_name="phones"
-    )
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, null=True, blank=True, related_name="phones")
     doctor = models.ForeignKey(Doctor, on_delete=models.PROTECT, null=True, blank=True, related_name="phones")
     institution = models.ForeignKey(
         MedicalInstitution, on_delete=models.PROTECT, null=True, blank=True, related_name="phones"
     )
-    number = models.CharField(
-        max_length=16, validators=[e164_validator], help_text="E.164, e.g. +14155550123"
-    )
+    number = models.CharField(max_length=16, validators=[e164_validator], help_text="E.164, e.g. +14155550123")
     phone_type = models.ForeignKey(PhoneType, on_delete=models.PROTECT)
     verified_at = models.DateTimeField(null=True, blank=True)
 
@@ -119,12 +113,8 @@ class Phone(OwnedContact):
 
 
 class Address(OwnedContact):
-    patient = models.ForeignKey(
-        Patient, on_delete=models.PROTECT, null=True, blank=True, related_name="addresses"
-    )
-    doctor = models.ForeignKey(
-        Doctor, on_delete=models.PROTECT, null=True, blank=True, related_name="addresses"
-    )
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, null=True, blank=True, related_name="addresses")
+    doctor = models.ForeignKey(Doctor, on_delete=models.PROTECT, null=True, blank=True, related_name="addresses")
     institution = models.ForeignKey(
         MedicalInstitution, on_delete=models.PROTECT, null=True, blank=True, related_name="addresses"
     )

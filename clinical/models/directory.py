@@ -33,9 +33,7 @@ from clinical.models.catalogs import (
 )
 
 E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
-e164_validator = RegexValidator(
-    E164_PATTERN, "Enter the number in international E.164 form, for example +14155550123."
-)
+e164_validator = RegexValidator(E164_PATTERN, "Enter the number in international E.164 form, for example +14155550123.")
 EARLIEST_BIRTH_DATE = datetime.date(1890, 1, 1)
 
 
@@ -59,9 +57,7 @@ class MedicalInstitution(TimestampedModel):
     class Meta:
         ordering = ["name"]
         constraints = [
-            models.CheckConstraint(
-                condition=Q(next_mrn__gte=1), name="clinical_institution_next_mrn_positive"
-            ),
+            models.CheckConstraint(condition=Q(next_mrn__gte=1), name="clinical_institution_next_mrn_positive"),
         ]
 
     def __str__(self) -> str:
@@ -156,9 +152,7 @@ class Patient(TimestampedModel):
     )
     institution = models.ForeignKey(MedicalInstitution, on_delete=models.PROTECT, related_name="patients")
     doctor = models.ForeignKey(Doctor, on_delete=models.PROTECT, related_name="patients")
-    mrn = models.CharField(
-        "MRN", max_length=32, help_text="Medical record number, unique within the institution."
-    )
+    mrn = models.CharField("MRN", max_length=32, help_text="Medical record number, unique within the institution.")
     first_name = models.CharField(max_length=150)
     last_name = models.CharField(max_length=150)
     date_of_birth = models.DateField()
@@ -189,9 +183,7 @@ class Patient(TimestampedModel):
             ("break_glass", "Can open a patient in an emergency (break the glass)"),
         ]
         constraints = [
-            models.UniqueConstraint(
-                fields=["institution", "mrn"], name="clinical_patient_mrn_unique_per_institution"
-            ),
+            models.UniqueConstraint(fields=["institution", "mrn"], name="clinical_patient_mrn_unique_per_institution"),
             models.CheckConstraint(
                 condition=Q(date_of_birth__gte=EARLIEST_BIRTH_DATE), name="clinical_patient_dob_from_1890"
             ),
@@ -220,12 +212,8 @@ class Patient(TimestampedModel):
             ),
         ]
         indexes = [
-            models.Index(
-                fields=["doctor", "last_name", "first_name", "id"], name="clinical_patient_doctor_name"
-            ),
-            models.Index(
-                fields=["institution", "last_name", "first_name", "id"], name="clinical_patient_inst_name"
-            ),
+            models.Index(fields=["doctor", "last_name", "first_name", "id"], name="clinical_patient_doctor_name"),
+            models.Index(fields=["institution", "last_name", "first_name", "id"], name="clinical_patient_inst_name"),
             models.Index(
                 fields=["institution"],
                 condition=Q(validation_status="pending"),
@@ -262,13 +250,9 @@ class HealthProfile(TimestampedModel):
     )
     blood_type = models.ForeignKey(BloodType, on_delete=models.PROTECT, null=True, blank=True)
     is_smoker = models.BooleanField(default=False)
-    cigarettes_per_day = models.PositiveSmallIntegerField(
-        null=True, blank=True, validators=[MaxValueValidator(200)]
-    )
+    cigarettes_per_day = models.PositiveSmallIntegerField(null=True, blank=True, validators=[MaxValueValidator(200)])
     consumes_alcohol = models.BooleanField(default=False)
-    drinks_per_week = models.PositiveSmallIntegerField(
-        null=True, blank=True, validators=[MaxValueValidator(200)]
-    )
+    drinks_per_week = models.PositiveSmallIntegerField(null=True, blank=True, validators=[MaxValueValidator(200)])
     physical_activity_minutes_per_week = models.PositiveIntegerField(
         null=True, blank=True, validators=[MaxValueValidator(10_080)]
     )
@@ -311,15 +295,11 @@ class HealthProfile(TimestampedModel):
             ),
             models.CheckConstraint(
                 condition=Q(physical_activity_minutes_per_week__isnull=True)
-                | Q(
-                    physical_activity_minutes_per_week__gte=0, physical_activity_minutes_per_week__lte=10_080
-                ),
+                | Q(physical_activity_minutes_per_week__gte=0, physical_activity_minutes_per_week__lte=10_080),
                 name="clinical_profile_activity_range",
             ),
             models.CheckConstraint(
-                condition=Q(
-                    emergency_contact_name="", emergency_contact_phone="", emergency_contact_relationship=""
-                )
+                condition=Q(emergency_contact_name="", emergency_contact_phone="", emergency_contact_relationship="")
                 | (
                     ~Q(emergency_contact_name="")
                     & ~Q(emergency_contact_phone="")

@@ -31,9 +31,7 @@ class PatientCondition(TimestampedModel):
     status = models.CharField(max_length=16, choices=ConditionStatus.choices, default=ConditionStatus.ACTIVE)
     onset_date = models.DateField(null=True, blank=True)
     resolved_date = models.DateField(null=True, blank=True)
-    diagnosed_by = models.ForeignKey(
-        Doctor, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
-    )
+    diagnosed_by = models.ForeignKey(Doctor, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     notes = EncryptedTextField(null=True, blank=True)
 
     objects = EncryptedManager()
@@ -66,9 +64,7 @@ class PatientMedication(TimestampedModel):
     frequency = models.CharField(max_length=100, blank=True, help_text="e.g. twice a day")
     start_date = models.DateField(default=datetime.date.today)
     end_date = models.DateField(null=True, blank=True)
-    prescribed_by = models.ForeignKey(
-        Doctor, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
-    )
+    prescribed_by = models.ForeignKey(Doctor, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     notes = EncryptedTextField(null=True, blank=True)
 
     objects = EncryptedManager()
@@ -117,9 +113,7 @@ class PatientAllergy(TimestampedModel):
     code_system = models.CharField(max_length=100, choices=CODE_SYSTEM_CHOICES, blank=True)
     code = models.CharField(max_length=40, blank=True)
     category = models.CharField(max_length=16, choices=AllergyCategory.choices)
-    criticality = models.CharField(
-        max_length=20, choices=AllergyCriticality.choices, default=AllergyCriticality.LOW
-    )
+    criticality = models.CharField(max_length=20, choices=AllergyCriticality.choices, default=AllergyCriticality.LOW)
     severity = models.CharField(max_length=10, choices=AllergySeverity.choices, blank=True)
     reaction = EncryptedTextField(null=True, blank=True)
     recorded_on = models.DateField(default=datetime.date.today)

@@ -70,9 +70,7 @@ def db_today() -> datetime.date:
 
 
 def new_doctor(user: Any, institution: Any, specialty: Any) -> Doctor:
-    return Doctor(
-        user=user, institution=institution, specialty=specialty, license_number=f"RAW-{next(_serial)}"
-    )
+    return Doctor(user=user, institution=institution, specialty=specialty, license_number=f"RAW-{next(_serial)}")
 
 
 def new_patient(doctor: Doctor, sex: Any, **fields: Any) -> Patient:
@@ -121,9 +119,7 @@ def test_it_rejects_a_patient_without_a_doctor_or_an_institution(patient, column
 
 
 def test_it_accepts_a_patient_with_both_a_doctor_and_an_institution(patient, doctor):
-    accepted(
-        lambda: Patient.objects.filter(pk=patient.pk).update(doctor=doctor, institution=doctor.institution)
-    )
+    accepted(lambda: Patient.objects.filter(pk=patient.pk).update(doctor=doctor, institution=doctor.institution))
     accepted(lambda: Patient.objects.bulk_create([new_patient(doctor, patient.sex)]))
 
 
@@ -153,21 +149,14 @@ def test_it_rejects_a_patient_given_a_doctor_from_another_institution(patient, m
 def test_it_rejects_inserting_a_patient_whose_doctor_works_elsewhere(ref, doctor, make_institution):
     elsewhere = make_institution()
     stray = new_patient(doctor, ref.female, institution_id=elsewhere.pk)
-    assert (
-        rule_name(lambda: Patient.objects.bulk_create([stray]))
-        == "clinical_patient_doctor_works_at_institution"
-    )
+    assert rule_name(lambda: Patient.objects.bulk_create([stray])) == "clinical_patient_doctor_works_at_institution"
 
 
-def test_it_rejects_moving_a_doctor_who_still_has_patients_at_the_old_institution(
-    patient, doctor, make_institution
-):
+def test_it_rejects_moving_a_doctor_who_still_has_patients_at_the_old_institution(patient, doctor, make_institution):
     other = make_institution()
     services.membership_start(user=doctor.user, institution=other, role=MembershipRole.DOCTOR)
     assert (
-        rule_name(
-            lambda: raw("UPDATE clinical_doctor SET institution_id = %s WHERE id = %s", [other.pk, doctor.pk])
-        )
+        rule_name(lambda: raw("UPDATE clinical_doctor SET institution_id = %s WHERE id = %s", [other.pk, doctor.pk]))
         == "clinical_patient_doctor_works_at_institution"
     )
     assert (
@@ -176,15 +165,11 @@ def test_it_rejects_moving_a_doctor_who_still_has_patients_at_the_old_institutio
     )
 
 
-def test_it_accepts_moving_a_doctor_once_their_patients_are_transferred(
-    patient, doctor, make_doctor, make_institution
-):
+def test_it_accepts_moving_a_doctor_once_their_patients_are_transferred(patient, doctor, make_doctor, make_institution):
     other = make_institution()
     services.patient_transfer(patient=patient, doctor=make_doctor())
     services.membership_start(user=doctor.user, institution=other, role=MembershipRole.DOCTOR)
-    accepted(
-        lambda: raw("UPDATE clinical_doctor SET institution_id = %s WHERE id = %s", [other.pk, doctor.pk])
-    )
+    accepted(lambda: raw("UPDATE clinical_doctor SET institution_id = %s WHERE id = %s", [other.pk, doctor.pk]))
     doctor.refresh_from_db()
     assert doctor.institution == other
 
@@ -259,10 +244,7 @@ def test_it_rejects_a_doctor_without_an_active_doctor_membership_at_the_institut
 def test_it_rejects_ending_a_doctors_membership_at_the_primary_institution_behind_its_back(doctor, sql):
     # Settle the check queued by the doctor's registration while the membership is active.
     check_deferred_rules_now()
-    assert (
-        rule_name(lambda: raw(sql, [doctor.user_id, doctor.institution_id]))
-        == "clinical_doctor_active_membership"
-    )
+    assert rule_name(lambda: raw(sql, [doctor.user_id, doctor.institution_id])) == "clinical_doctor_active_membership"
 
 
 def test_it_accepts_ending_a_doctor_membership_once_another_one_is_active(doctor):
@@ -342,9 +324,7 @@ def test_it_rejects_a_partial_emergency_contact(profile, name, phone, relationsh
     )
 
 
-@pytest.mark.parametrize(
-    "phone", ["4155550123", "+04155550123", "+1 415 555 0123", "+123456", "0014155550123"]
-)
+@pytest.mark.parametrize("phone", ["4155550123", "+04155550123", "+1 415 555 0123", "+123456", "0014155550123"])
 def test_it_rejects_an_emergency_phone_not_in_e164(profile, phone):
     assert (
         rule_name(
@@ -387,10 +367,7 @@ def test_it_accepts_consistent_smoking_and_drinking_habits(profile, flag, count,
     ids=["abstainer with zero", "abstainer with an amount", "consumer without an amount", "over 200"],
 )
 def test_it_rejects_inconsistent_smoking_and_drinking_habits(profile, flag, count, rule, yes, amount):
-    assert (
-        rule_name(lambda: HealthProfile.objects.filter(pk=profile.pk).update(**{flag: yes, count: amount}))
-        == rule
-    )
+    assert rule_name(lambda: HealthProfile.objects.filter(pk=profile.pk).update(**{flag: yes, count: amount})) == rule
 
 
 @pytest.mark.parametrize(
@@ -440,9 +417,7 @@ def test_it_accepts_a_date_of_birth_from_1890_up_to_today(patient):
 
 def test_it_rejects_a_date_of_birth_before_1890(patient):
     assert (
-        rule_name(
-            lambda: Patient.objects.filter(pk=patient.pk).update(date_of_birth=datetime.date(1889, 12, 31))
-        )
+        rule_name(lambda: Patient.objects.filter(pk=patient.pk).update(date_of_birth=datetime.date(1889, 12, 31)))
         == "clinical_patient_dob_from_1890"
     )
 
@@ -459,9 +434,7 @@ def test_it_rejects_inserting_a_patient_born_in_the_future_but_not_one_born_toda
     tomorrow = db_today() + datetime.timedelta(days=1)
     accepted(lambda: Patient.objects.bulk_create([new_patient(doctor, ref.female, date_of_birth=db_today())]))
     assert (
-        rule_name(
-            lambda: Patient.objects.bulk_create([new_patient(doctor, ref.female, date_of_birth=tomorrow)])
-        )
+        rule_name(lambda: Patient.objects.bulk_create([new_patient(doctor, ref.female, date_of_birth=tomorrow)]))
         == "clinical_patient_dob_not_in_future"
     )
 
@@ -472,19 +445,13 @@ def test_it_rejects_inserting_a_patient_born_in_the_future_but_not_one_born_toda
 def test_it_rejects_a_medication_that_ends_before_it_starts(patient):
     started = datetime.date(2024, 3, 10)
     (course,) = PatientMedication.objects.bulk_create(
-        [
-            PatientMedication(
-                patient=patient, medication=Medication.objects.order_by("id").first(), start_date=started
-            )
-        ]
+        [PatientMedication(patient=patient, medication=Medication.objects.order_by("id").first(), start_date=started)]
     )
     for end in (None, started, started + datetime.timedelta(days=1)):
         accepted(lambda end=end: PatientMedication.objects.filter(pk=course.pk).update(end_date=end))
     assert (
         rule_name(
-            lambda: PatientMedication.objects.filter(pk=course.pk).update(
-                end_date=started - datetime.timedelta(days=1)
-            )
+            lambda: PatientMedication.objects.filter(pk=course.pk).update(end_date=started - datetime.timedelta(days=1))
         )
         == "clinical_patientmedication_end_not_before_start"
     )
@@ -513,9 +480,7 @@ PRIMARY_RULES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "model, owner", PRIMARY_RULES, ids=[f"{m.__name__.lower()}-{o}" for m, o in PRIMARY_RULES]
-)
+@pytest.mark.parametrize("model, owner", PRIMARY_RULES, ids=[f"{m.__name__.lower()}-{o}" for m, o in PRIMARY_RULES])
 def test_it_rejects_a_second_primary_contact_of_the_same_kind_per_owner(ref, owners, model, owner):
     mine = {owner: owners[owner]}
     accepted(
@@ -639,9 +604,7 @@ def test_it_accepts_each_consistent_validation_state(patient, superuser):
             validation_status=ValidationStatus.VALIDATED, reviewed_by=superuser, reviewed_at=timezone.now()
         )
     )
-    accepted(
-        lambda: rows.update(validation_status=ValidationStatus.PENDING, reviewed_by=None, reviewed_at=None)
-    )
+    accepted(lambda: rows.update(validation_status=ValidationStatus.PENDING, reviewed_by=None, reviewed_at=None))
     services.patient_reject(patient=patient, actor=superuser, reason="Duplicate record")
     assert rows.get().validation_status == ValidationStatus.REJECTED
     accepted(lambda: rows.update(validation_status=ValidationStatus.VALIDATED, rejection_reason=None))
@@ -652,9 +615,7 @@ def test_it_accepts_each_consistent_validation_state(patient, superuser):
     "values",
     [
         pytest.param({"validation_status": "validated"}, id="validated without reviewer or time"),
-        pytest.param(
-            {"validation_status": "validated", "reviewed_by": REVIEWER}, id="validated without time"
-        ),
+        pytest.param({"validation_status": "validated", "reviewed_by": REVIEWER}, id="validated without time"),
         pytest.param({"validation_status": "validated", "reviewed_at": NOW}, id="validated without reviewer"),
         pytest.param(
             {"validation_status": "rejected", "reviewed_by": REVIEWER, "reviewed_at": NOW},
@@ -698,16 +659,12 @@ def test_it_rejects_an_inconsistent_validation_state_of_a_rejected_patient(patie
 
 def test_it_rejects_a_rejection_reason_on_a_pending_patient_written_with_raw_sql(patient):
     assert (
-        rule_name(
-            lambda: raw("UPDATE clinical_patient SET rejection_reason = 'x' WHERE id = %s", [patient.pk])
-        )
+        rule_name(lambda: raw("UPDATE clinical_patient SET rejection_reason = 'x' WHERE id = %s", [patient.pk]))
         == "clinical_patient_validation_consistent"
     )
 
 
-def test_it_refuses_a_plaintext_rejection_reason_in_queryset_update_before_reaching_the_database(
-    patient, superuser
-):
+def test_it_refuses_a_plaintext_rejection_reason_in_queryset_update_before_reaching_the_database(patient, superuser):
     with pytest.raises(TypeError, match="encrypted per row"), transaction.atomic():
         Patient.objects.filter(pk=patient.pk).update(
             validation_status=ValidationStatus.REJECTED,
@@ -779,8 +736,7 @@ def test_it_rejects_a_second_open_membership_in_the_same_role_and_place(nurse_me
         user=nurse_membership.user, institution=nurse_membership.institution, role=MembershipRole.NURSE
     )
     assert (
-        rule_name(lambda: InstitutionMembership.objects.bulk_create([again]))
-        == "clinical_membership_one_open_per_role"
+        rule_name(lambda: InstitutionMembership.objects.bulk_create([again])) == "clinical_membership_one_open_per_role"
     )
 
 
@@ -809,9 +765,7 @@ def test_every_table_with_an_updated_at_column_has_a_touch_trigger():
             WHERE ns.nspname = 'public' AND NOT tg.tgisinternal
             """
         )
-        triggers = {
-            (table, name): (function, kind, enabled) for table, name, function, kind, enabled in cursor
-        }
+        triggers = {(table, name): (function, kind, enabled) for table, name, function, kind, enabled in cursor}
     assert {"accounts_user", "clinical_patient", "clinical_healthprofile", "clinical_phone"} <= set(tables)
     row_before_update = 0b1 | 0b10 | 0b10000  # TRIGGER_TYPE_ROW | _BEFORE | _UPDATE
     missing = [table for table in tables if (table, f"{table}_touch_updated_at") not in triggers]

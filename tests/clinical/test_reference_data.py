@@ -40,16 +40,12 @@ ATC_PATTERN = re.compile(r"^[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}$")
 
 
 def test_every_iso_3166_1_country_is_loaded_with_its_codes_and_name(ref):
-    loaded = {
-        c.alpha2: c for c in Country.objects.only("alpha2", "alpha3", "numeric", "name", "official_name")
-    }
+    loaded = {c.alpha2: c for c in Country.objects.only("alpha2", "alpha3", "numeric", "name", "official_name")}
     source = list(pycountry.countries)
     assert len(loaded) == len(source)
     for country in source:
         row = loaded[country.alpha_2]
-        assert (row.alpha3, row.numeric, row.name) == (country.alpha_3, country.numeric, country.name), (
-            country.alpha_2
-        )
+        assert (row.alpha3, row.numeric, row.name) == (country.alpha_3, country.numeric, country.name), country.alpha_2
         assert row.official_name == getattr(country, "official_name", ""), country.alpha_2
 
 
@@ -115,14 +111,10 @@ def test_medication_atc_codes_follow_the_who_format(ref):
 
 def test_specialties_and_their_categories_match_the_csv(ref):
     categories = read_csv("specialty_categories.csv")
-    assert set(SpecialtyCategory.objects.values_list("code", "name")) == {
-        (r["code"], r["name"]) for r in categories
-    }
+    assert set(SpecialtyCategory.objects.values_list("code", "name")) == {(r["code"], r["name"]) for r in categories}
     rows = read_csv("specialties.csv")
     assert len(rows) >= 40
-    loaded = set(
-        Specialty.objects.values_list("code", "name", "category__code", "snomed_code", "code_system")
-    )
+    loaded = set(Specialty.objects.values_list("code", "name", "category__code", "snomed_code", "code_system"))
     assert loaded == {(r["code"], r["name"], r["category_code"], r["snomed_code"], SNOMED_CT) for r in rows}
     assert len(loaded) >= 40
 

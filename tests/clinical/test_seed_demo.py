@@ -26,9 +26,7 @@ class Rollback(Exception):
 
 def snapshot():
     return list(
-        Patient.objects.order_by("id").values_list(
-            "first_name", "last_name", "date_of_birth", "mrn", "sex__code"
-        )
+        Patient.objects.order_by("id").values_list("first_name", "last_name", "date_of_birth", "mrn", "sex__code")
     )
 
 
@@ -42,9 +40,9 @@ def test_seed_population_creates_a_realistic_directory():
     assert PatientAllergy.objects.count() == counts.allergies > 0
     assert all(p.institution_id == p.doctor.institution_id for p in Patient.objects.select_related("doctor"))
     doctor_users = Doctor.objects.values_list("user_id", flat=True)
-    assert InstitutionMembership.objects.active().filter(
-        user_id__in=doctor_users, role="doctor"
-    ).count() == len(doctor_users)
+    assert InstitutionMembership.objects.active().filter(user_id__in=doctor_users, role="doctor").count() == len(
+        doctor_users
+    )
 
 
 def test_the_same_seed_gives_the_same_patients():
@@ -61,9 +59,7 @@ def test_the_same_seed_gives_the_same_patients():
 
 def test_demo_users_share_one_password_hash():
     seed_population(patients=60, seed=4, password_hash="pbkdf2_sha256$1$salt$hash")
-    hashes = set(
-        get_user_model().objects.filter(email__endswith=".example.org").values_list("password", flat=True)
-    )
+    hashes = set(get_user_model().objects.filter(email__endswith=".example.org").values_list("password", flat=True))
     assert hashes == {"pbkdf2_sha256$1$salt$hash"}
 
 

@@ -194,9 +194,7 @@ def test_membership_start_refuses_a_second_open_membership_in_the_same_role(make
 
 
 def test_membership_end_closes_the_membership(make_user, institution):
-    membership = services.membership_start(
-        user=make_user(), institution=institution, role=MembershipRole.NURSE
-    )
+    membership = services.membership_start(user=make_user(), institution=institution, role=MembershipRole.NURSE)
     ended = services.membership_end(membership=membership)
     assert not ended.is_active
     assert not InstitutionMembership.objects.active().filter(pk=membership.pk).exists()

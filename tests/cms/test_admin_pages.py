@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import pytest
 from auditlog.mixins import AuditlogHistoryAdminMixin
+from axes.models import AccessAttempt, AccessFailureLog
 from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import Group, Permission
@@ -31,6 +32,7 @@ from clinical.models import (
     PatientMedication,
     ValidationStatus,
 )
+from cms.models import SystemSetting
 
 pytestmark = pytest.mark.django_db
 
@@ -113,9 +115,7 @@ def admin_data(ref, superuser, institution, doctor, make_user):
         profile={"height_cm": Decimal("170.0"), "weight_kg": Decimal("65.00"), "blood_type": ref.blood_type},
         emails=[{"address": "grace@example.org", "email_type": ref.email_type, "is_primary": True}],
         phones=[{"number": "+14155550123", "phone_type": ref.phone_type, "is_primary": True}],
-        addresses=[
-            {"line1": "1 Main Street", "city": "Springfield", "country": ref.country, "is_primary": True}
-        ],
+        addresses=[{"line1": "1 Main Street", "city": "Springfield", "country": ref.country, "is_primary": True}],
     )
     PatientCondition.objects.create(
         patient=patient, condition=condition, onset_date=datetime.date(2020, 1, 1), diagnosed_by=doctor
@@ -134,6 +134,24 @@ def admin_data(ref, superuser, institution, doctor, make_user):
     membership = services.membership_start(user=nurse, institution=institution, role=MembershipRole.NURSE)
     token, _secret = api_token_create(user=superuser, name="integration")
     group = Group.objects.create(name="Front desk")
+    services.grant_create(
+        patient=patient, user=nurse, kind="view", granted_by=superuser, reason="Covers the night shift"
+    )
+    services.break_glass_open(user=superuser, patient=patient, reason="Unconscious in the emergency room")
+    SystemSetting.objects.create(key="portal-banner", value={"text": "Welcome"})
+    AccessAttempt.objects.create(
+        username="someone@example.org",
+        ip_address="127.0.0.1",
+        user_agent="test",
+        http_accept="*/*",
+        path_info="/admin/login/",
+        get_data="",
+        post_data="",
+        failures_since_start=1,
+    )
+    AccessFailureLog.objects.create(
+        username="someone@example.org", ip_address="127.0.0.1", user_agent="test", http_accept="*/*", path_info="/"
+    )
     return {
         "patient": patient,
         "doctor": doctor,
@@ -167,9 +185,7 @@ def test_the_registry_covers_the_models_the_admin_is_meant_to_show():
 
 
 @pytest.mark.parametrize("model", REGISTERED, ids=[model._meta.label for model in REGISTERED])
-def test_every_admin_page_of_every_model_renders_for_a_superuser(
-    model, admin_data, superuser, superuser_client
-):
+def test_every_admin_page_of_every_model_renders_for_a_superuser(model, admin_data, superuser, superuser_client):
     model_admin = admin.site._registry[model]
     request = request_as(superuser)
 
@@ -266,9 +282,7 @@ def test_validate_action_validates_the_selected_patients(superuser, superuser_cl
     assert other.validation_status == ValidationStatus.PENDING
 
 
-def test_reject_action_asks_for_a_reason_then_rejects_and_stores_it(
-    superuser, superuser_client, make_patient
-):
+def test_reject_action_asks_for_a_reason_then_rejects_and_stores_it(superuser, superuser_client, make_patient):
     chosen, other = make_patient(), make_patient()
     url = admin_url(Patient, "changelist")
 
@@ -388,12 +402,7 @@ def test_change_page_round_trip_keeps_the_patient_and_everything_inline(admin_da
     profile = HealthProfile.objects.get(patient=patient)
     assert (profile.height_cm, profile.weight_kg) == (Decimal("170.0"), Decimal("65.00"))
     assert patient.conditions.count() == patient.medications.count() == patient.allergies.count() == 1
-    assert (
-        patient.emails.count()
-        == patient.phones.count()
-        == Address.objects.filter(patient=patient).count()
-        == 1
-    )
+    assert patient.emails.count() == patient.phones.count() == Address.objects.filter(patient=patient).count() == 1
 
 
 def test_changing_the_doctor_to_one_at_another_institution_transfers_the_patient(
@@ -424,20 +433,16 @@ def test_changing_the_doctor_to_one_at_another_institution_transfers_the_patient
 
 
 @pytest.fixture
-def staff_with_patient_permissions(make_user):
+def staff_with_patient_permissions(make_user, staff_client_factory):
     user = make_user(is_staff=True)
     models = (Patient, HealthProfile, PatientCondition)
     user.user_permissions.add(
         *Permission.objects.filter(content_type__in=ContentType.objects.get_for_models(*models).values())
     )
-    client = Client()
-    client.force_login(user)
-    return user, client
+    return user, staff_client_factory(user)
 
 
-def test_staff_with_every_patient_permission_still_sees_no_patient(
-    admin_data, staff_with_patient_permissions
-):
+def test_staff_with_every_patient_permission_still_sees_no_patient(admin_data, staff_with_patient_permissions):
     user, client = staff_with_patient_permissions
     patient = admin_data["patient"]
     assert user.has_perm("clinical.view_patient") and user.has_perm("clinical.change_patient")
@@ -477,9 +482,7 @@ def test_staff_with_every_patient_permission_still_sees_no_patient(
 
 
 @pytest.mark.parametrize("model", [Patient, HealthProfile, PatientCondition], ids=lambda m: m._meta.label)
-def test_the_history_page_of_a_hidden_patient_row_is_not_found(
-    admin_data, staff_with_patient_permissions, model
-):
+def test_the_history_page_of_a_hidden_patient_row_is_not_found(admin_data, staff_with_patient_permissions, model):
     user, _client = staff_with_patient_permissions
     client = Client(raise_request_exception=False)
     client.force_login(user)
@@ -502,9 +505,7 @@ def test_the_history_page_of_a_missing_patient_is_not_found(superuser):
 def test_staff_cannot_validate_a_patient_through_the_action(admin_data, staff_with_patient_permissions):
     _user, client = staff_with_patient_permissions
     patient = admin_data["patient"]
-    client.post(
-        admin_url(Patient, "changelist"), {"action": "validate_patients", ACTION_CHECKBOX_NAME: [patient.pk]}
-    )
+    client.post(admin_url(Patient, "changelist"), {"action": "validate_patients", ACTION_CHECKBOX_NAME: [patient.pk]})
     patient.refresh_from_db()
     assert patient.validation_status == ValidationStatus.PENDING
 

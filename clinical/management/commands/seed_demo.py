@@ -40,9 +40,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--patients", type=int, default=200, help="How many patients to add.")
-        parser.add_argument(
-            "--seed", type=int, default=1, help="Random seed; the same seed gives the same data."
-        )
+        parser.add_argument("--seed", type=int, default=1, help="Random seed; the same seed gives the same data.")
         parser.add_argument(
             "--once",
             action="store_true",

@@ -9,9 +9,7 @@ class Command(BaseCommand):
     help = "Make the Django groups match the role matrix in cms/roles.py (idempotent)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument(
-            "--check", action="store_true", help="Change nothing; exit 1 and list the drift if any."
-        )
+        parser.add_argument("--check", action="store_true", help="Change nothing; exit 1 and list the drift if any.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         drifts = roles_sync(apply=not options["check"])
