@@ -23,6 +23,7 @@ install: $(STAMP)
 
 run: install
 	$(PY) manage.py migrate --noinput
+	$(PY) manage.py sync_roles
 	$(PY) manage.py load_reference_data
 	$(PY) manage.py seed_demo --patients $(DEMO_PATIENTS) --seed 1 --once
 	$(PY) manage.py runserver $(HOST):$(PORT) --noreload

@@ -50,6 +50,23 @@ class UserAdmin(AuditlogHistoryAdminMixin, DjangoUserAdmin):
     filter_horizontal = ("groups", "user_permissions")
     actions = ("end_sessions", "reset_mfa")
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[User]:
+        # Patients' portal accounts are PHI: only superusers list them here.
+        queryset = super().get_queryset(request)
+        return queryset if request.user.is_superuser else queryset.filter(is_staff=True)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        user = form.instance
+        before = (
+            set(user.groups.values_list("pk", flat=True)),
+            set(user.user_permissions.values_list("pk", flat=True)),
+        )
+        super().save_related(request, form, formsets, change)
+        after = (set(user.groups.values_list("pk", flat=True)), set(user.user_permissions.values_list("pk", flat=True)))
+        if change and (before[0] - after[0] or before[1] - after[1]):
+            # A role taken away takes effect at once: the user signs in again under what is left.
+            user_sessions_revoke(user=user)
+
     @admin.action(description="End all sessions and API tokens of the selected users", permissions=["change"])
     def end_sessions(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
         for user in queryset:

@@ -148,6 +148,11 @@ def is_break_glass_access(user: Any, patient: Patient) -> bool:
     return active_grants(user, VIEW).filter(content_object_id=patient.pk, is_break_glass=True).exists()
 
 
+def holds_grants(user: Any, kind: str) -> bool:
+    """Whether ``user`` holds any active grant of ``kind`` (used to open the admin's patient pages)."""
+    return _signed_in(user) and active_grants(user, kind).exists()
+
+
 def can_break_glass(user: Any) -> bool:
     return _signed_in(user) and user.has_perm("clinical.break_glass")
 
@@ -160,6 +165,8 @@ def institutions_administered_by(user: Any) -> QuerySet[Any]:
         return MedicalInstitution.objects.none()
     if user.is_superuser:
         return MedicalInstitution.objects.all()
+    if not user.has_perm("clinical.view_institutionmembership"):  # the Institution Admin role
+        return MedicalInstitution.objects.none()
     return MedicalInstitution.objects.filter(
         pk__in=InstitutionMembership.objects.active()
         .filter(user_id=user.pk, role=MembershipRole.INSTITUTION_ADMIN)

@@ -250,13 +250,13 @@ class PatientScopedAdmin(CaretrailAdmin):
     """An admin over rows that belong to a patient: only visible patients' rows show."""
 
     patient_field = "patient"
-    ownerless_rows_visible = False
+
+    def visible_rows(self, request: HttpRequest) -> Q:
+        return Q(**{f"{self.patient_field}__in": access.patients_visible_to(request.user)})
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        visible = Q(**{f"{self.patient_field}__in": access.patients_visible_to(request.user)})
-        if self.ownerless_rows_visible:
-            visible |= Q(**{f"{self.patient_field}__isnull": True})
-        return super().get_queryset(request).filter(visible)
+        queryset = super().get_queryset(request)
+        return queryset if request.user.is_superuser else queryset.filter(self.visible_rows(request))
 
     def _patient_of(self, obj: Any) -> m.Patient | None:
         return getattr(obj, self.patient_field, None)
@@ -429,13 +429,20 @@ class PatientAdmin(CaretrailAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[m.Patient]:
         return access.patients_visible_to(request.user).select_related("institution", "doctor__user")
 
+    # The policy is the whole answer for one patient (it checks the role itself); for the
+    # pages, a role permission or an active care-team grant lets a staff user in.
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        allowed = super().has_view_permission(request, obj)
-        return allowed and (obj is None or access.can_view_patient(request.user, obj))
+        if obj is not None:
+            return access.can_view_patient(request.user, obj)
+        return super().has_view_permission(request) or access.holds_grants(request.user, access.VIEW)
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        allowed = super().has_change_permission(request, obj)
-        return allowed and (obj is None or access.can_change_patient(request.user, obj))
+        if obj is not None:
+            return access.can_change_patient(request.user, obj)
+        return super().has_change_permission(request) or access.holds_grants(request.user, access.CHANGE)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return super().has_module_permission(request) or access.holds_grants(request.user, access.VIEW)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # patients are deactivated, never deleted from the admin
@@ -451,13 +458,18 @@ class PatientAdmin(CaretrailAdmin):
 
     # Read auditing ----------------------------------------------------------------------
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        declared = request.GET.get("purpose")
+        if declared is not None:  # ours, not a filter: the change list would refuse it
+            query = request.GET.copy()
+            del query["purpose"]
+            request.GET = query
         response = super().changelist_view(request, extra_context)
         changelist = getattr(response, "context_data", {}).get("cl")
         if changelist is not None:
             patient_list_access_record(
                 user=request.user,
                 patients=changelist.result_list,
-                purpose=purpose_for(request.user, request.GET.get("purpose")),
+                purpose=purpose_for(request.user, declared),
                 view="admin patient list",
                 remote_addr=request.META.get("REMOTE_ADDR"),
             )
@@ -636,7 +648,13 @@ class PatientAllergyAdmin(PatientScopedAdmin):
 
 
 class ContactAdmin(PatientScopedAdmin):
-    ownerless_rows_visible = True
+    """Contacts of visible patients, of doctors and institutions (directory data), and one's own."""
+
+    def visible_rows(self, request: HttpRequest) -> Q:
+        directory = Q(patient__isnull=True) & (Q(doctor__isnull=False) | Q(institution__isnull=False))
+        own = Q(user_id=request.user.pk) if hasattr(self.model, "user_id") else Q(pk__in=[])
+        return super().visible_rows(request) | directory | own
+
     list_select_related = ("patient", "doctor__user", "institution")
     autocomplete_fields = ("patient", "doctor", "institution")
 

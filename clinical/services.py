@@ -19,6 +19,7 @@ from django.db.models import Model
 from django.utils import timezone
 
 from accounts.fields import encrypted_field_names
+from accounts.services import user_sessions_revoke
 from clinical.models import (
     Address,
     BreakGlassReview,
@@ -122,7 +123,10 @@ def membership_start(
 
 @transaction.atomic
 def membership_end(*, membership: InstitutionMembership, at: datetime.datetime | None = None) -> InstitutionMembership:
-    """End a membership. A doctor cannot leave their primary institution this way."""
+    """End a membership, and with it the user's sessions and API tokens.
+
+    A doctor cannot leave their primary institution this way.
+    """
     at = at or timezone.now()
     if membership.valid_until is not None and membership.valid_until <= at:
         return membership
@@ -134,6 +138,9 @@ def membership_end(*, membership: InstitutionMembership, at: datetime.datetime |
     membership.valid_until = max(at, membership.valid_from + datetime.timedelta(microseconds=1))
     validate(membership)
     membership.save(update_fields=["valid_until", "updated_at"])
+    # The policy stops counting the membership at once; ending the user's sessions
+    # and tokens too makes them sign in again under what they still hold.
+    user_sessions_revoke(user=membership.user)
     return membership
 
 
@@ -388,8 +395,12 @@ def break_glass_open(
         raise ValidationError({"reason": "Say why you need emergency access."})
     if not 1 <= hours <= 24:
         raise ValidationError({"hours": "Emergency access lasts between 1 and 24 hours."})
+    if access.can_view_patient(user, patient):
+        raise ValidationError({"patient": "You can already see this patient; no emergency access is needed."})
     now = timezone.now()
     permission = _patient_permission("view")
+    # Any open view grant left here has expired (an active one would have given
+    # access above); close it so the new one can be the open one.
     PatientUserObjectPermission.objects.filter(
         user=user, permission=permission, content_object=patient, revoked_at__isnull=True
     ).update(revoked_at=now, revoked_by=user)

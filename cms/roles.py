@@ -85,6 +85,7 @@ ROLES: tuple[Role, ...] = (
             "clinical.healthprofile": ("change", "view"),
             "clinical.patientuserobjectpermission": CRUD,
             "clinical.breakglassreview": ("change", "view"),
+            "accounts.user": ("view",),  # to pick staff for memberships and grants
             **_each(PATIENT_LISTS, ("view",)),
         },
         actions=("clinical.validate_patient", "clinical.export_patient_data", "cms.view_audit_log"),

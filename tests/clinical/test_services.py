@@ -207,3 +207,17 @@ def test_membership_end_refuses_to_end_a_doctors_primary_institution(doctor):
     assert "valid_until" in caught.value.message_dict
     membership.refresh_from_db()
     assert membership.valid_until is None
+
+
+def test_membership_end_ends_the_users_sessions_and_tokens_at_once(make_user, institution):
+    from accounts.services import api_token_create
+
+    user = make_user()
+    membership = services.membership_start(user=user, institution=institution, role=MembershipRole.NURSE)
+    token, _ = api_token_create(user=user)
+    stamp = user.security_stamp
+    services.membership_end(membership=membership)
+    user.refresh_from_db()
+    token.refresh_from_db()
+    assert user.security_stamp != stamp
+    assert token.revoked_at is not None

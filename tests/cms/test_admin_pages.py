@@ -101,7 +101,7 @@ def headline_rows(html):
 
 
 @pytest.fixture
-def admin_data(ref, superuser, institution, doctor, make_user):
+def admin_data(ref, roles, superuser, institution, doctor, make_user):
     """One row (at least) for every model the admin shows."""
     condition = MedicalCondition.objects.order_by("code").first()
     medication = Medication.objects.order_by("id").first()
@@ -137,7 +137,9 @@ def admin_data(ref, superuser, institution, doctor, make_user):
     services.grant_create(
         patient=patient, user=nurse, kind="view", granted_by=superuser, reason="Covers the night shift"
     )
-    services.break_glass_open(user=superuser, patient=patient, reason="Unconscious in the emergency room")
+    emergency_doctor = make_user(first_name="Emergency", last_name="Doctor", is_staff=True)
+    emergency_doctor.groups.add(Group.objects.get(name="Doctor"))
+    services.break_glass_open(user=emergency_doctor, patient=patient, reason="Unconscious in the emergency room")
     SystemSetting.objects.create(key="portal-banner", value={"text": "Welcome"})
     AccessAttempt.objects.create(
         username="someone@example.org",
