@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import logout
+from django.contrib.auth import SESSION_KEY, logout
 from django.contrib.sessions.backends.base import SessionBase
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
@@ -31,8 +31,10 @@ LAST_SEEN_RESOLUTION = 60
 
 
 def _is_staff_session(request: HttpRequest) -> bool:
+    # The session must carry the sign-in: a token-authenticated API call sets
+    # request.user too (DRF does, during the view) but has no staff session to time.
     user = request.user
-    return bool(user.is_authenticated and user.is_staff)
+    return bool(user.is_authenticated and user.is_staff and SESSION_KEY in request.session)
 
 
 def staff_session_expired(session: SessionBase, now: float) -> str | None:

@@ -16,20 +16,21 @@ else decides access to PHI. The rules (DESIGN.md, "Access policy"):
 Model permissions alone never reveal a patient, and guardian's
 ``ObjectPermissionBackend`` is not used: it knows nothing of expiry.
 
-Each function costs a fixed number of queries, whatever the number of
-patients: the user's scope is read first (memberships, doctor id, grants are
-joined in as one subquery), then the patient query is built from plain ids.
+Cost: one query reads the user's whole scope (role permission, doctor record,
+membership institutions, granted patients); the patient query is then built
+from those plain ids, which the planner serves from indexes. The number of
+queries never depends on the number of patients.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from django.db import connection
 from django.db.models import Q, QuerySet
 
 from clinical.models import (
-    Doctor,
     InstitutionMembership,
     MembershipRole,
     Patient,
@@ -41,6 +42,43 @@ CHANGE = "change"
 CLINICAL_MEMBERSHIP_ROLES = (MembershipRole.DOCTOR, MembershipRole.NURSE, MembershipRole.INSTITUTION_ADMIN)
 GRANT_CODENAMES = {VIEW: ("view_patient", "change_patient"), CHANGE: ("change_patient",)}
 
+# clock_timestamp(), not now(): now() is the transaction's start, earlier than a
+# membership or grant written inside the same transaction.
+SCOPE_SQL = """
+SELECT
+    EXISTS (
+        SELECT 1
+        FROM auth_permission p
+        JOIN django_content_type ct ON ct.id = p.content_type_id
+        WHERE ct.app_label = 'clinical' AND p.codename = %(role_codename)s
+          AND (
+              EXISTS (SELECT 1 FROM accounts_user_user_permissions up
+                      WHERE up.user_id = %(user)s AND up.permission_id = p.id)
+              OR EXISTS (SELECT 1 FROM accounts_user_groups ug
+                         JOIN auth_group_permissions gp ON gp.group_id = ug.group_id
+                         WHERE ug.user_id = %(user)s AND gp.permission_id = p.id)
+          )
+    ) AS role_allows,
+    (SELECT d.id FROM clinical_doctor d
+     WHERE d.user_id = %(user)s AND d.is_active ORDER BY d.id LIMIT 1) AS doctor_id,
+    ARRAY(SELECT DISTINCT m.institution_id FROM clinical_institutionmembership m
+          WHERE m.user_id = %(user)s AND m.role = ANY(%(roles)s)
+            AND m.valid_from <= clock_timestamp()
+            AND (m.valid_until IS NULL OR m.valid_until > clock_timestamp())) AS institution_ids,
+    ARRAY(SELECT g.content_object_id FROM clinical_patientuserobjectpermission g
+          JOIN auth_permission p ON p.id = g.permission_id
+          JOIN django_content_type ct ON ct.id = p.content_type_id
+          WHERE g.user_id = %(user)s AND g.revoked_at IS NULL
+            AND (g.expires_at IS NULL OR g.expires_at > clock_timestamp())
+            AND ct.app_label = 'clinical' AND p.codename = ANY(%(grant_codenames)s)) AS granted_ids,
+    ARRAY(SELECT g.content_object_id FROM clinical_patientuserobjectpermission g
+          JOIN auth_permission p ON p.id = g.permission_id
+          JOIN django_content_type ct ON ct.id = p.content_type_id
+          WHERE g.user_id = %(user)s AND g.revoked_at IS NULL AND NOT g.is_break_glass
+            AND (g.expires_at IS NULL OR g.expires_at > clock_timestamp())
+            AND ct.app_label = 'clinical' AND p.codename = ANY(%(grant_codenames)s)) AS care_team_ids
+"""
+
 
 def _signed_in(user: Any) -> bool:
     return bool(user is not None and user.is_authenticated and user.is_active)
@@ -48,15 +86,17 @@ def _signed_in(user: Any) -> bool:
 
 @dataclass(frozen=True)
 class Scope:
-    """What reaches patients for one user and one kind of access."""
+    """What reaches patients for one user and one kind of access, as plain ids."""
 
     everything: bool = False
     doctor_id: int | None = None
     institution_ids: tuple[int, ...] = ()
     own_user_id: int | None = None
-    grants: bool = False
+    granted_ids: tuple[int, ...] = ()
+    care_team_ids: tuple[int, ...] = field(default=())
 
-    def condition(self, user: Any, kind: str, *, break_glass: bool = True) -> Q | None:
+    def condition(self, *, break_glass: bool = True) -> Q | None:
+        """The patient filter; without ``break_glass``, break-the-glass grants do not count."""
         parts = []
         if self.doctor_id is not None:
             parts.append(Q(doctor_id=self.doctor_id))
@@ -64,11 +104,9 @@ class Scope:
             parts.append(Q(institution_id__in=self.institution_ids))
         if self.own_user_id is not None:
             parts.append(Q(user_id=self.own_user_id))
-        if self.grants:
-            grants = active_grants(user, kind)
-            if not break_glass:
-                grants = grants.filter(is_break_glass=False)
-            parts.append(Q(pk__in=grants.values("content_object_id")))
+        granted = self.granted_ids if break_glass else self.care_team_ids
+        if granted:
+            parts.append(Q(pk__in=granted))
         if not parts:
             return None
         condition = parts[0]
@@ -86,28 +124,28 @@ def active_grants(user: Any, kind: str) -> QuerySet[PatientUserObjectPermission]
 
 
 def scope_of(user: Any, kind: str) -> Scope:
-    """The routes by which ``user`` reaches patients for ``kind`` (view or change)."""
+    """The routes by which ``user`` reaches patients for ``kind`` (view or change), in one query."""
     if not _signed_in(user):
         return Scope()
     if user.is_superuser:
         return Scope(everything=True)
-    role_allows = user.has_perm(f"clinical.{kind}_patient")
-    doctor_id = None
-    institution_ids: tuple[int, ...] = ()
-    if role_allows:
-        doctor_id = Doctor.objects.filter(user_id=user.pk, is_active=True).values_list("pk", flat=True).first()
-        institution_ids = tuple(
-            InstitutionMembership.objects.active()
-            .filter(user_id=user.pk, role__in=CLINICAL_MEMBERSHIP_ROLES)
-            .order_by()
-            .values_list("institution_id", flat=True)
-            .distinct()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            SCOPE_SQL,
+            {
+                "user": user.pk,
+                "role_codename": f"{kind}_patient",
+                "roles": list(CLINICAL_MEMBERSHIP_ROLES),
+                "grant_codenames": list(GRANT_CODENAMES[kind]),
+            },
         )
+        role_allows, doctor_id, institution_ids, granted_ids, care_team_ids = cursor.fetchone()
     return Scope(
-        doctor_id=doctor_id,
-        institution_ids=institution_ids,
+        doctor_id=doctor_id if role_allows else None,
+        institution_ids=tuple(institution_ids) if role_allows else (),
         own_user_id=user.pk if kind == VIEW else None,
-        grants=True,
+        granted_ids=tuple(granted_ids),
+        care_team_ids=tuple(care_team_ids),
     )
 
 
@@ -115,7 +153,7 @@ def _patients(user: Any, kind: str, *, break_glass: bool = True) -> QuerySet[Pat
     scope = scope_of(user, kind)
     if scope.everything:
         return Patient.objects.all()
-    condition = scope.condition(user, kind, break_glass=break_glass)
+    condition = scope.condition(break_glass=break_glass)
     if condition is None:
         return Patient.objects.none()
     return Patient.objects.filter(condition)

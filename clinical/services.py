@@ -351,8 +351,30 @@ def grant_create(
         raise ValidationError({"expires_at": "The expiry must be in the future."})
     if not user.is_active:
         raise ValidationError({"user": "This user is deactivated."})
+    return _grant_open(
+        patient=patient, user=user, kind=kind, granted_by=granted_by, reason=reason, expires_at=expires_at
+    )
+
+
+def _grant_open(
+    *,
+    patient: Patient,
+    user: Any,
+    kind: str,
+    granted_by: Any,
+    reason: str,
+    expires_at: datetime.datetime | None = None,
+    lifetime: datetime.timedelta | None = None,
+    break_glass: bool = False,
+) -> PatientUserObjectPermission:
+    """Write a grant, closing the open one of the same kind first (one open grant at a time).
+
+    ``lifetime`` counts from the grant's own creation time.
+    """
     permission = _patient_permission(kind)
     now = timezone.now()
+    if lifetime is not None:
+        expires_at = now + lifetime
     PatientUserObjectPermission.objects.filter(
         user=user, permission=permission, content_object=patient, revoked_at__isnull=True
     ).update(revoked_at=now, revoked_by=granted_by)
@@ -364,6 +386,7 @@ def grant_create(
         reason=reason,
         created_at=now,
         expires_at=expires_at,
+        is_break_glass=break_glass,
     )
     validate(grant)
     grant.save()
@@ -397,25 +420,17 @@ def break_glass_open(
         raise ValidationError({"hours": "Emergency access lasts between 1 and 24 hours."})
     if access.can_view_patient(user, patient):
         raise ValidationError({"patient": "You can already see this patient; no emergency access is needed."})
-    now = timezone.now()
-    permission = _patient_permission("view")
-    # Any open view grant left here has expired (an active one would have given
-    # access above); close it so the new one can be the open one.
-    PatientUserObjectPermission.objects.filter(
-        user=user, permission=permission, content_object=patient, revoked_at__isnull=True
-    ).update(revoked_at=now, revoked_by=user)
-    grant = PatientUserObjectPermission(
+    # Any open view grant of this user here has expired (an active one would have
+    # given access above); _grant_open closes it.
+    grant = _grant_open(
+        patient=patient,
         user=user,
-        permission=permission,
-        content_object=patient,
+        kind="view",
         granted_by=user,
         reason=reason,
-        created_at=now,
-        expires_at=now + datetime.timedelta(hours=hours),
-        is_break_glass=True,
+        lifetime=datetime.timedelta(hours=hours),
+        break_glass=True,
     )
-    validate(grant)
-    grant.save()
     BreakGlassReview.objects.create(grant=grant, institution_id=patient.institution_id)
     patient_access_record(user=user, patient=patient, purpose=EMERGENCY_TREATMENT)
     return grant

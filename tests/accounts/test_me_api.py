@@ -74,3 +74,16 @@ def test_the_openapi_schema_and_docs_are_served(client):
     docs = client.get("/api/docs/")
     assert docs.status_code == 200
     assert b"cdn" not in docs.content.lower()  # assets come from the installed package
+
+
+def test_a_token_request_by_staff_neither_creates_nor_touches_a_session(make_user):
+    from django.contrib.sessions.models import Session
+
+    staff = make_user(is_staff=True)
+    _, secret = api_token_create(user=staff)
+    client = Client(HTTP_AUTHORIZATION=f"Token {secret}")
+    for _ in range(2):
+        response = client.get("/api/v1/me/")
+        assert response.status_code == 200
+        assert "sessionid" not in response.cookies
+    assert not Session.objects.exists()
