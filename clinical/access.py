@@ -24,7 +24,7 @@ queries never depends on the number of patients.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection
@@ -34,7 +34,6 @@ from clinical.models import (
     InstitutionMembership,
     MembershipRole,
     Patient,
-    PatientUserObjectPermission,
 )
 
 VIEW = "view"
@@ -45,6 +44,15 @@ GRANT_CODENAMES = {VIEW: ("view_patient", "change_patient"), CHANGE: ("change_pa
 # clock_timestamp(), not now(): now() is the transaction's start, earlier than a
 # membership or grant written inside the same transaction.
 SCOPE_SQL = """
+WITH grants AS (
+    SELECT g.content_object_id, g.is_break_glass
+    FROM clinical_patientuserobjectpermission g
+    JOIN auth_permission p ON p.id = g.permission_id
+    JOIN django_content_type ct ON ct.id = p.content_type_id
+    WHERE g.user_id = %(user)s AND g.revoked_at IS NULL
+      AND (g.expires_at IS NULL OR g.expires_at > clock_timestamp())
+      AND ct.app_label = 'clinical' AND p.codename = ANY(%(grant_codenames)s)
+)
 SELECT
     EXISTS (
         SELECT 1
@@ -65,18 +73,8 @@ SELECT
           WHERE m.user_id = %(user)s AND m.role = ANY(%(roles)s)
             AND m.valid_from <= clock_timestamp()
             AND (m.valid_until IS NULL OR m.valid_until > clock_timestamp())) AS institution_ids,
-    ARRAY(SELECT g.content_object_id FROM clinical_patientuserobjectpermission g
-          JOIN auth_permission p ON p.id = g.permission_id
-          JOIN django_content_type ct ON ct.id = p.content_type_id
-          WHERE g.user_id = %(user)s AND g.revoked_at IS NULL
-            AND (g.expires_at IS NULL OR g.expires_at > clock_timestamp())
-            AND ct.app_label = 'clinical' AND p.codename = ANY(%(grant_codenames)s)) AS granted_ids,
-    ARRAY(SELECT g.content_object_id FROM clinical_patientuserobjectpermission g
-          JOIN auth_permission p ON p.id = g.permission_id
-          JOIN django_content_type ct ON ct.id = p.content_type_id
-          WHERE g.user_id = %(user)s AND g.revoked_at IS NULL AND NOT g.is_break_glass
-            AND (g.expires_at IS NULL OR g.expires_at > clock_timestamp())
-            AND ct.app_label = 'clinical' AND p.codename = ANY(%(grant_codenames)s)) AS care_team_ids
+    ARRAY(SELECT content_object_id FROM grants) AS granted_ids,
+    ARRAY(SELECT content_object_id FROM grants WHERE NOT is_break_glass) AS care_team_ids
 """
 
 
@@ -93,7 +91,7 @@ class Scope:
     institution_ids: tuple[int, ...] = ()
     own_user_id: int | None = None
     granted_ids: tuple[int, ...] = ()
-    care_team_ids: tuple[int, ...] = field(default=())
+    care_team_ids: tuple[int, ...] = ()
 
     def condition(self, *, break_glass: bool = True) -> Q | None:
         """The patient filter; without ``break_glass``, break-the-glass grants do not count."""
@@ -113,14 +111,6 @@ class Scope:
         for part in parts[1:]:
             condition |= part
         return condition
-
-
-def active_grants(user: Any, kind: str) -> QuerySet[PatientUserObjectPermission]:
-    return PatientUserObjectPermission.objects.active().filter(
-        user_id=user.pk,
-        permission__content_type__app_label="clinical",
-        permission__codename__in=GRANT_CODENAMES[kind],
-    )
 
 
 def scope_of(user: Any, kind: str) -> Scope:
@@ -149,11 +139,11 @@ def scope_of(user: Any, kind: str) -> Scope:
     )
 
 
-def _patients(user: Any, kind: str, *, break_glass: bool = True) -> QuerySet[Patient]:
+def _patients(user: Any, kind: str) -> QuerySet[Patient]:
     scope = scope_of(user, kind)
     if scope.everything:
         return Patient.objects.all()
-    condition = scope.condition(break_glass=break_glass)
+    condition = scope.condition()
     if condition is None:
         return Patient.objects.none()
     return Patient.objects.filter(condition)
@@ -179,16 +169,16 @@ def can_change_patient(user: Any, patient: Patient) -> bool:
 
 def is_break_glass_access(user: Any, patient: Patient) -> bool:
     """True when only an active break-the-glass grant lets ``user`` see ``patient``."""
-    if not _signed_in(user) or user.is_superuser:
+    scope = scope_of(user, VIEW)
+    if scope.everything or patient.pk not in scope.granted_ids or patient.pk in scope.care_team_ids:
         return False
-    if _patients(user, VIEW, break_glass=False).filter(pk=patient.pk).exists():
-        return False
-    return active_grants(user, VIEW).filter(content_object_id=patient.pk, is_break_glass=True).exists()
+    other_routes = scope.condition(break_glass=False)
+    return other_routes is None or not Patient.objects.filter(other_routes, pk=patient.pk).exists()
 
 
 def holds_grants(user: Any, kind: str) -> bool:
     """Whether ``user`` holds any active grant of ``kind`` (used to open the admin's patient pages)."""
-    return _signed_in(user) and active_grants(user, kind).exists()
+    return bool(scope_of(user, kind).granted_ids)
 
 
 def can_break_glass(user: Any) -> bool:
