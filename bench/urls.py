@@ -9,8 +9,8 @@ from rest_framework import generics
 from rest_framework.pagination import PageNumberPagination
 
 from clinical.api.serializers import PatientSerializer
-from clinical.api.views import PatientCursorPagination
 from clinical.models import Patient
+from config.pagination import KeysetPagination
 from config.urls import urlpatterns as real_urlpatterns
 
 
@@ -18,7 +18,7 @@ class UnfilteredPatientList(generics.ListAPIView[Patient]):
     """The same page with no permission filtering at all."""
 
     serializer_class = PatientSerializer
-    pagination_class = PatientCursorPagination
+    pagination_class = KeysetPagination
 
     def get_queryset(self) -> QuerySet[Patient]:
         return Patient.objects.select_related("institution", "doctor__user", "sex", "gender")

@@ -112,6 +112,22 @@ class Scope:
             condition |= part
         return condition
 
+    def routes(self) -> list[Q]:
+        """The same set as :meth:`condition`, as one filter per route that an index serves on its own.
+
+        Used for keyset pages (``config.pagination``): each route is read in
+        key order from its own ``(route, created_at, id)`` index.
+        """
+        routes = []
+        if self.doctor_id is not None:
+            routes.append(Q(doctor_id=self.doctor_id))
+        routes.extend(Q(institution_id=institution_id) for institution_id in self.institution_ids)
+        if self.own_user_id is not None:
+            routes.append(Q(user_id=self.own_user_id))
+        if self.granted_ids:
+            routes.append(Q(pk__in=self.granted_ids))
+        return routes
+
 
 def scope_of(user: Any, kind: str) -> Scope:
     """The routes by which ``user`` reaches patients for ``kind`` (view or change), in one query."""
@@ -157,6 +173,14 @@ def patients_visible_to(user: Any) -> QuerySet[Patient]:
 def patients_changeable_by(user: Any) -> QuerySet[Patient]:
     """Patients ``user`` may change."""
     return _patients(user, CHANGE)
+
+
+def patient_parts_visible_to(user: Any) -> list[QuerySet[Patient]]:
+    """Patients ``user`` may view, as one queryset per route (their union is :func:`patients_visible_to`)."""
+    scope = scope_of(user, VIEW)
+    if scope.everything:
+        return [Patient.objects.all()]
+    return [Patient.objects.filter(route) for route in scope.routes()]
 
 
 def can_view_patient(user: Any, patient: Patient) -> bool:

@@ -7,12 +7,20 @@ from typing import Any
 from django.db.models import QuerySet
 from django.urls import reverse
 
-from clinical.access import patients_visible_to
+from clinical.access import patient_parts_visible_to, patients_visible_to
 from clinical.models import Doctor, MedicalInstitution, Patient, ValidationStatus
+from config.pagination import Parts
+
+PATIENT_LIST_RELATED = ("institution", "doctor__user", "sex", "gender")
 
 
 def patient_list(*, user: Any) -> QuerySet[Patient]:
-    return patients_visible_to(user).select_related("institution", "doctor__user", "sex", "gender")
+    return patients_visible_to(user).select_related(*PATIENT_LIST_RELATED)
+
+
+def patient_page_parts(*, user: Any) -> Parts:
+    """The patients ``user`` may view, split by access route for keyset pages (``config.pagination``)."""
+    return Parts(patient_parts_visible_to(user), select_related=PATIENT_LIST_RELATED)
 
 
 def headline_counts(*, user: Any) -> list[dict[str, Any]]:

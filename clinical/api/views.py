@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics
-from rest_framework.exceptions import PermissionDenied
-from rest_framework.pagination import CursorPagination
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,8 +19,9 @@ from rest_framework.views import APIView
 from clinical import access, services
 from clinical.api.serializers import PatientDetailSerializer, PatientSerializer, PatientUpdateSerializer
 from clinical.audit import patient_access_record, patient_list_access_record, purpose_for
-from clinical.models import Patient
-from clinical.selectors import patient_list
+from clinical.models import Patient, ValidationStatus
+from clinical.selectors import patient_list, patient_page_parts
+from config.pagination import KeysetPagination
 
 PURPOSE_HEADER = "X-Purpose-Of-Use"
 PURPOSE_PARAMETER = OpenApiParameter(
@@ -41,27 +40,20 @@ def _client_address(request: Request) -> str | None:
     return request.META.get("REMOTE_ADDR")
 
 
-class PatientCursorPagination(CursorPagination):
-    """Keyset pagination: a page costs the same at 2,000 and at 200,000 patients (no COUNT)."""
-
-    ordering = ("created_at", "id")
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 200
-
-
 class PatientListView(generics.ListAPIView[Patient]):
-    """Patients the caller may see, oldest registration first."""
+    """Patients the caller may see, oldest registration first, in keyset pages (no total)."""
 
     serializer_class = PatientSerializer
-    pagination_class = PatientCursorPagination
+    pagination_class = KeysetPagination
 
-    def get_queryset(self) -> QuerySet[Patient]:
-        queryset = patient_list(user=self.request.user)
+    def get_queryset(self) -> Any:
+        parts = patient_page_parts(user=self.request.user)
         status = self.request.query_params.get("validation_status")
         if status:
-            queryset = queryset.filter(validation_status=status)
-        return queryset
+            if status not in ValidationStatus.values:
+                raise ValidationError({"validation_status": [f"Must be one of: {', '.join(ValidationStatus.values)}."]})
+            parts = parts.filter(validation_status=status)
+        return parts
 
     @extend_schema(parameters=[PURPOSE_PARAMETER])
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:

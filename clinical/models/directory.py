@@ -220,6 +220,10 @@ class Patient(TimestampedModel):
                 name="clinical_patient_pending",
             ),
             models.Index(fields=["created_at", "id"], name="clinical_patient_created"),
+            # One ordered index per access route, so a page of the policy's
+            # patient list reads at most a page from each (config.pagination).
+            models.Index(fields=["doctor", "created_at", "id"], name="clinical_patient_doc_created"),
+            models.Index(fields=["institution", "created_at", "id"], name="clinical_patient_inst_created"),
         ]
 
     def __str__(self) -> str:
