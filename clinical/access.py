@@ -200,6 +200,20 @@ def is_break_glass_access(user: Any, patient: Patient) -> bool:
     return other_routes is None or not Patient.objects.filter(other_routes, pk=patient.pk).exists()
 
 
+def can_add_record(user: Any, patient: Patient) -> bool:
+    """Write a new medical record for ``patient``: the role's permission and change access to the patient."""
+    return _signed_in(user) and user.has_perm("clinical.add_medicalrecord") and can_change_patient(user, patient)
+
+
+def can_amend_record(user: Any, patient: Patient) -> bool:
+    """Amend or mark entered-in-error a record of ``patient``."""
+    return _signed_in(user) and user.has_perm("clinical.change_medicalrecord") and can_change_patient(user, patient)
+
+
+def can_verify_record(user: Any, patient: Patient) -> bool:
+    return _signed_in(user) and user.has_perm("clinical.verify_medicalrecord") and can_change_patient(user, patient)
+
+
 def holds_grants(user: Any, kind: str) -> bool:
     """Whether ``user`` holds any active grant of ``kind`` (used to open the admin's patient pages)."""
     return bool(scope_of(user, kind).granted_ids)

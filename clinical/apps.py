@@ -23,3 +23,5 @@ class ClinicalConfig(AppConfig):
             m.Address,
         ):
             audit_register(model)
+        # Codes and dates in record_metadata are PHI: kept out of audit diffs like the payload.
+        audit_register(m.MedicalRecord, exclude_fields=["record_metadata"])

@@ -15,7 +15,7 @@ from auditlog.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
 
 from clinical import access
-from clinical.models import Patient
+from clinical.models import MedicalRecord, Patient
 
 TREATMENT = "TREAT"
 EMERGENCY_TREATMENT = "ETREAT"
@@ -72,4 +72,35 @@ def patient_list_access_record(
         actor=user if getattr(user, "is_authenticated", False) else None,
         remote_addr=remote_addr,
         additional_data={"purpose_of_use": purpose, "break_glass": False, "list": view, "patients": shown},
+    )
+
+
+def record_access_record(
+    *,
+    user: Any,
+    patient: Patient,
+    records: Iterable[MedicalRecord],
+    purpose: str,
+    view: str,
+    remote_addr: str | None = None,
+) -> LogEntry:
+    """One ACCESS entry for a read of ``patient``'s medical records (a list page or one record)."""
+    shown = [str(record.uuid) for record in records]
+    break_glass = access.is_break_glass_access(user, patient)
+    return LogEntry.objects.create(
+        content_type=ContentType.objects.get_for_model(MedicalRecord),
+        object_pk=str(shown[0]) if len(shown) == 1 else "",
+        object_id=None,
+        object_repr=f"{view}: {len(shown)} record(s)",
+        action=LogEntry.Action.ACCESS,
+        changes=None,
+        actor=user if getattr(user, "is_authenticated", False) else None,
+        remote_addr=remote_addr,
+        additional_data={
+            "purpose_of_use": EMERGENCY_TREATMENT if break_glass else purpose,
+            "break_glass": break_glass,
+            "view": view,
+            "patient": str(patient.uuid),
+            "records": shown,
+        },
     )

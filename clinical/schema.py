@@ -118,3 +118,66 @@ DROP_MEMBERSHIP_KEEPS_DOCTOR_TRIGGER = f"""
 DROP TRIGGER IF EXISTS {MEMBERSHIP_KEEPS_DOCTOR} ON clinical_institutionmembership;
 DROP FUNCTION IF EXISTS {MEMBERSHIP_KEEPS_DOCTOR}();
 """
+
+# Medical records (clinical.models.records) -------------------------------------
+RECORD_IMMUTABLE = "clinical_record_immutable"
+LEDGER_APPEND_ONLY = "clinical_ledger_append_only"
+
+# What a record says never changes: an amendment is a new version. The payload
+# column itself may be rewritten, because key rotation re-seals it; its
+# plaintext is bound by data_hash, which may not change. Status moves only away
+# from 'current' (superseded or entered in error), never back.
+ADD_RECORD_IMMUTABLE_TRIGGER = f"""
+CREATE OR REPLACE FUNCTION {RECORD_IMMUTABLE}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.data_hash IS DISTINCT FROM OLD.data_hash
+       OR NEW.patient_id IS DISTINCT FROM OLD.patient_id
+       OR NEW.record_type IS DISTINCT FROM OLD.record_type
+       OR NEW.resource_type IS DISTINCT FROM OLD.resource_type
+       OR NEW.series IS DISTINCT FROM OLD.series
+       OR NEW.version IS DISTINCT FROM OLD.version
+       OR NEW.supersedes_id IS DISTINCT FROM OLD.supersedes_id
+       OR NEW.uuid IS DISTINCT FROM OLD.uuid
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at
+       OR NEW.author_id IS DISTINCT FROM OLD.author_id
+       OR NEW.institution_id IS DISTINCT FROM OLD.institution_id
+       OR NEW.source IS DISTINCT FROM OLD.source THEN
+        RAISE EXCEPTION 'medical records are not edited in place; amend to create a new version'
+            USING ERRCODE = 'check_violation', CONSTRAINT = '{RECORD_IMMUTABLE}', TABLE = 'clinical_medicalrecord';
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status AND OLD.status <> 'current' THEN
+        RAISE EXCEPTION 'only a current record changes status'
+            USING ERRCODE = 'check_violation', CONSTRAINT = '{RECORD_IMMUTABLE}', TABLE = 'clinical_medicalrecord';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER {RECORD_IMMUTABLE}
+    BEFORE UPDATE ON clinical_medicalrecord
+    FOR EACH ROW EXECUTE FUNCTION {RECORD_IMMUTABLE}();
+"""
+DROP_RECORD_IMMUTABLE_TRIGGER = f"""
+DROP TRIGGER IF EXISTS {RECORD_IMMUTABLE} ON clinical_medicalrecord;
+DROP FUNCTION IF EXISTS {RECORD_IMMUTABLE}();
+"""
+
+# The chain is only appended to. (Row triggers do not see TRUNCATE, which the
+# test runner uses between tests; an owner can still disable the trigger, which
+# verify_integrity then catches.)
+ADD_LEDGER_APPEND_ONLY_TRIGGER = f"""
+CREATE OR REPLACE FUNCTION {LEDGER_APPEND_ONLY}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the integrity ledger is append-only'
+        USING ERRCODE = 'check_violation', CONSTRAINT = '{LEDGER_APPEND_ONLY}', TABLE = 'clinical_ledgerentry';
+END;
+$$;
+CREATE TRIGGER {LEDGER_APPEND_ONLY}
+    BEFORE UPDATE OR DELETE ON clinical_ledgerentry
+    FOR EACH ROW EXECUTE FUNCTION {LEDGER_APPEND_ONLY}();
+"""
+DROP_LEDGER_APPEND_ONLY_TRIGGER = f"""
+DROP TRIGGER IF EXISTS {LEDGER_APPEND_ONLY} ON clinical_ledgerentry;
+DROP FUNCTION IF EXISTS {LEDGER_APPEND_ONLY}();
+"""

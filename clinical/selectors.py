@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import F, OuterRef, QuerySet, Subquery
 from django.urls import reverse
 
 from clinical.access import patient_parts_visible_to, patients_visible_to
-from clinical.models import Doctor, MedicalInstitution, Patient, ValidationStatus
+from clinical.fhir import system_uri
+from clinical.models import (
+    Doctor,
+    LedgerEntry,
+    LedgerEntryKind,
+    MedicalInstitution,
+    MedicalRecord,
+    Patient,
+    RecordStatus,
+    ValidationStatus,
+)
 from config.pagination import Parts
 
 PATIENT_LIST_RELATED = ("institution", "doctor__user", "sex", "gender")
@@ -46,3 +57,47 @@ def headline_counts(*, user: Any) -> list[dict[str, Any]]:
             "url": reverse("admin:clinical_doctor_changelist"),
         },
     ]
+
+
+def record_list(
+    *,
+    patient: Patient,
+    status: str | None = RecordStatus.CURRENT,
+    record_type: str | None = None,
+    effective_from: datetime.date | None = None,
+    effective_to: datetime.date | None = None,
+    system: str | None = None,
+    code: str | None = None,
+) -> QuerySet[MedicalRecord]:
+    """``patient``'s records (current versions unless ``status`` says otherwise), with their ledger entry id.
+
+    The caller has already asked ``clinical.access`` whether the patient is
+    visible. ``system`` (a URI or an alias such as ``loinc``) and ``code``
+    match the coding pairs in ``record_metadata`` through its GIN index.
+    """
+    records = MedicalRecord.objects.filter(patient=patient)
+    if status:
+        records = records.filter(status=status)
+    if record_type:
+        records = records.filter(record_type=record_type)
+    if effective_from:
+        records = records.filter(effective_date__gte=effective_from)
+    if effective_to:
+        records = records.filter(effective_date__lte=effective_to)
+    if code:
+        coding = {"code": code} if not system else {"system": system_uri(system), "code": code}
+        records = records.filter(record_metadata__contains={"codings": [coding]})
+    elif system:
+        records = records.filter(record_metadata__contains={"codings": [{"system": system_uri(system)}]})
+    return with_record_details(records)
+
+
+def with_record_details(records: QuerySet[MedicalRecord]) -> QuerySet[MedicalRecord]:
+    """Joins and annotations the record serializer reads, so a page costs a fixed number of queries."""
+    version_entry = LedgerEntry.objects.filter(
+        record_id=OuterRef("pk"), version=OuterRef("version"), kind=LedgerEntryKind.VERSION
+    ).order_by("seq")
+    return records.select_related("patient", "institution", "author", "verified_by").annotate(
+        ledger_entry_uuid=Subquery(version_entry.values("uuid")[:1]),
+        supersedes_uuid=F("supersedes__uuid"),
+    )

@@ -1,4 +1,4 @@
-"""Writes for the directory. Each service is one transaction: validate, write, done.
+"""Writes for the directory and medical records. Each service is one transaction: validate, write, done.
 
 Services raise ``django.core.exceptions.ValidationError`` with a dict naming
 the field at fault; the API and the admin turn that into a 400 or a form
@@ -20,6 +20,9 @@ from django.utils import timezone
 
 from accounts.fields import encrypted_field_names
 from accounts.services import user_sessions_revoke
+from clinical import fhir, ledger
+from clinical.canonical import sha256_hex
+from clinical.fhir import FhirValidationError, ValidatedResource
 from clinical.models import (
     Address,
     BreakGlassReview,
@@ -28,11 +31,16 @@ from clinical.models import (
     Gender,
     HealthProfile,
     InstitutionMembership,
+    LedgerEntryKind,
     MedicalInstitution,
+    MedicalRecord,
     MembershipRole,
     Patient,
     PatientUserObjectPermission,
     Phone,
+    RecordSource,
+    RecordStatus,
+    RecordType,
     ReviewOutcome,
     Sex,
     Specialty,
@@ -463,3 +471,209 @@ def patient_update(*, patient: Patient, **fields: Any) -> Patient:
     validate(patient)
     patient.save()
     return patient
+
+
+# Medical records -----------------------------------------------------------------------
+# Every write appends to the integrity ledger in the same transaction
+# (clinical.ledger); a record's payload is validated as FHIR R4 and never
+# changes after it is written.
+
+
+class PayloadInvalid(ValidationError):
+    """A payload that is not valid FHIR R4 for its record type.
+
+    A form shows the messages under ``payload``; the API answers
+    ``{"payload": [{"path": ..., "message": ...}]}`` from ``fhir_errors``.
+    """
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__({"payload": [f"{error['path']}: {error['message']}" for error in errors]})
+        self.fhir_errors = errors
+
+
+def _validated(record_type: str, payload: Any) -> ValidatedResource:
+    if record_type not in RecordType.values:
+        raise ValidationError({"record_type": f"Must be one of: {', '.join(RecordType.values)}."})
+    try:
+        return fhir.validate(record_type, payload)
+    except FhirValidationError as exc:
+        raise PayloadInvalid(exc.errors) from exc
+
+
+def _effective_date(metadata: Mapping[str, Any]) -> datetime.date | None:
+    effective = metadata.get("effective")
+    if not effective:
+        return None
+    try:
+        return datetime.date.fromisoformat(str(effective)[:10])
+    except ValueError:
+        return None
+
+
+def _check_scales(severity: int | None, confidence: Any) -> None:
+    errors = {}
+    if severity is not None and not 1 <= int(severity) <= 10:
+        errors["severity"] = "Severity runs from 1 (mild) to 10 (critical)."
+    if confidence is not None and not 0 <= float(confidence) <= 1:
+        errors["confidence"] = "Confidence runs from 0 to 1."
+    if errors:
+        raise ValidationError(errors)
+
+
+def _new_record(
+    *,
+    patient: Patient,
+    record_type: str,
+    payload: Any,
+    author: Any,
+    source: str,
+    severity: int | None,
+    confidence: Any,
+    institution: MedicalInstitution | None,
+) -> MedicalRecord:
+    validated = _validated(record_type, payload)
+    _check_scales(severity, confidence)
+    if source not in RecordSource.values:
+        raise ValidationError({"source": f"Must be one of: {', '.join(RecordSource.values)}."})
+    metadata = validated.metadata
+    return MedicalRecord(
+        patient=patient,
+        record_type=record_type,
+        resource_type=validated.resource_type,
+        payload=payload,
+        record_metadata=metadata,
+        effective_date=_effective_date(metadata),
+        data_hash=sha256_hex(payload),
+        source=source,
+        severity=severity,
+        confidence=confidence,
+        interpretation=metadata.get("interpretation"),
+        author=author,
+        institution=institution if institution is not None else patient.institution,
+    )
+
+
+@transaction.atomic
+def record_create(
+    *,
+    patient: Patient,
+    record_type: str,
+    payload: Any,
+    author: Any = None,
+    source: str = RecordSource.MANUAL,
+    severity: int | None = None,
+    confidence: Any = None,
+    institution: MedicalInstitution | None = None,
+) -> MedicalRecord:
+    """Validate ``payload`` as FHIR R4 for ``record_type``, store it encrypted, append it to the ledger.
+
+    The payload is kept exactly as given; ``data_hash`` is SHA-256 of its
+    canonical form. ``institution`` defaults to the patient's.
+    """
+    record = _new_record(
+        patient=patient,
+        record_type=record_type,
+        payload=payload,
+        author=author,
+        source=source,
+        severity=severity,
+        confidence=confidence,
+        institution=institution,
+    )
+    record.save(force_insert=True)
+    ledger.append(record)
+    return record
+
+
+def _lock_current(record: MedicalRecord) -> MedicalRecord:
+    locked = MedicalRecord.objects.select_for_update().get(pk=record.pk)
+    if locked.status != RecordStatus.CURRENT:
+        raise ValidationError(
+            {"status": f"Only the current version can be changed; this one is {locked.get_status_display().lower()}."}
+        )
+    return locked
+
+
+@transaction.atomic
+def record_amend(
+    *,
+    record: MedicalRecord,
+    payload: Any,
+    author: Any,
+    reason: str,
+    severity: int | None = None,
+    confidence: Any = None,
+) -> MedicalRecord:
+    """Write a new version of ``record`` that supersedes it; the old version stays readable.
+
+    Severity and confidence carry over unless given.
+    """
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": "Say why the record is amended."})
+    old = _lock_current(record)
+    amended = _new_record(
+        patient=old.patient,
+        record_type=old.record_type,
+        payload=payload,
+        author=author,
+        source=old.source,
+        severity=old.severity if severity is None else severity,
+        confidence=old.confidence if confidence is None else confidence,
+        institution=old.institution,
+    )
+    amended.series = old.series
+    amended.version = old.version + 1
+    amended.supersedes = old
+    amended.amendment_reason = reason
+    old.status = RecordStatus.SUPERSEDED
+    old.save(update_fields=["status", "updated_at"])
+    amended.save(force_insert=True)
+    ledger.append(amended)
+    return amended
+
+
+@transaction.atomic
+def record_mark_entered_in_error(*, record: MedicalRecord, by: Any, reason: str) -> MedicalRecord:
+    """Withdraw the current version of a record written by mistake. It stays readable, flagged."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": "Say what was wrong with the record."})
+    locked = _lock_current(record)
+    locked.status = RecordStatus.ENTERED_IN_ERROR
+    locked.error_reason = reason
+    locked.marked_in_error_by = by
+    locked.marked_in_error_at = timezone.now()
+    locked.save(update_fields=["status", "error_reason", "marked_in_error_by", "marked_in_error_at", "updated_at"])
+    ledger.append(locked, LedgerEntryKind.ENTERED_IN_ERROR)
+    return locked
+
+
+@transaction.atomic
+def record_verify(*, record: MedicalRecord, by: Any) -> MedicalRecord:
+    """Confirm a record (typically one from patient input, AI analysis or an import)."""
+    locked = _lock_current(record)
+    if locked.verified_at is not None:
+        raise ValidationError({"verified_at": "This record is already verified."})
+    locked.verified_by = by
+    locked.verified_at = timezone.now()
+    locked.save(update_fields=["verified_by", "verified_at", "updated_at"])
+    ledger.append(locked, LedgerEntryKind.VERIFIED)
+    return locked
+
+
+@transaction.atomic
+def record_series_delete(*, record: MedicalRecord, reason: str) -> int:
+    """Delete every version of ``record`` as retention or erasure allows; each gets a ledger tombstone first.
+
+    ``reason`` is a policy code (for example ``retention`` or ``erasure``), kept
+    in the audit entry of each deletion; it must not contain PHI.
+    """
+    if not (reason or "").strip():
+        raise ValidationError({"reason": "Name the policy that allows the deletion."})
+    versions = list(MedicalRecord.objects.select_for_update().filter(series=record.series).order_by("-version"))
+    for version in versions:
+        ledger.append(version, LedgerEntryKind.TOMBSTONE)
+    for version in versions:  # newest first: each version protects the one it supersedes
+        version.delete()
+    return len(versions)

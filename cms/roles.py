@@ -85,6 +85,7 @@ ROLES: tuple[Role, ...] = (
             "clinical.healthprofile": ("change", "view"),
             "clinical.patientuserobjectpermission": CRUD,
             "clinical.breakglassreview": ("change", "view"),
+            "clinical.medicalrecord": ("view",),
             "accounts.user": ("view",),  # to pick staff for memberships and grants
             **_each(PATIENT_LISTS, ("view",)),
         },
@@ -97,6 +98,7 @@ ROLES: tuple[Role, ...] = (
             "clinical.patient": ("add", "change", "view"),
             "clinical.healthprofile": ("change", "view"),
             **_each(PATIENT_LISTS, CRUD),
+            "clinical.medicalrecord": ("add", "change", "view", "verify"),
             "clinical.doctor": ("view",),
             "clinical.medicalinstitution": ("view",),
             "clinical.medicalcondition": ("view",),
@@ -111,6 +113,7 @@ ROLES: tuple[Role, ...] = (
             "clinical.patient": ("change", "view"),
             "clinical.healthprofile": ("change", "view"),
             **_each(PATIENT_LISTS, ("add", "change", "view")),
+            "clinical.medicalrecord": ("add", "view"),
             "clinical.doctor": ("view",),
             "clinical.medicalinstitution": ("view",),
             "clinical.medicalcondition": ("view",),

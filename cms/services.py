@@ -65,6 +65,20 @@ def roles_sync(*, apply: bool = True, group_model: Any = Group, permission_model
     return drifts
 
 
+def roles_sync_migration(apps: Any, schema_editor: Any) -> None:
+    """``RunPython`` body: create the permissions migrate would add at its end, then sync the groups.
+
+    Each migration that adds models with permissions the matrix names runs it
+    again, so that ``migrate`` alone leaves no drift.
+    """
+    from django.apps import apps as global_apps
+    from django.contrib.auth.management import create_permissions
+
+    for app_config in global_apps.get_app_configs():
+        create_permissions(app_config, verbosity=0, apps=apps)
+    roles_sync(group_model=apps.get_model("auth", "Group"), permission_model=apps.get_model("auth", "Permission"))
+
+
 @transaction.atomic
 def user_set_roles(*, user: Any, roles: list[str]) -> None:
     """Give ``user`` exactly these roles. Losing a role ends their sessions and tokens at once."""

@@ -73,17 +73,19 @@ class Parts:
         return Parts(tuple(qs.filter(*args, **kwargs) for qs in self.querysets), self.select_related)
 
 
-def _beyond(fields: tuple[str, str], key: tuple[datetime, int], forward: bool) -> Q:
+def _beyond(fields: tuple[str, str], key: tuple[datetime, int], ascending: bool) -> Q:
     first, second = fields
-    op = "gt" if forward else "lt"
+    op = "gt" if ascending else "lt"
     # The first condition alone is what an index can range-scan; the second
     # breaks ties on the timestamp.
-    return Q(**{f"{first}__{'gte' if forward else 'lte'}": key[0]}) & (
+    return Q(**{f"{first}__{'gte' if ascending else 'lte'}": key[0]}) & (
         Q(**{f"{first}__{op}": key[0]}) | Q(**{f"{second}__{op}": key[1]})
     )
 
 
-def keyset_page(parts: Parts, *, fields: tuple[str, str], size: int, cursor: Cursor | None) -> tuple[list[Any], bool]:
+def keyset_page(
+    parts: Parts, *, fields: tuple[str, str], size: int, cursor: Cursor | None, descending: bool = False
+) -> tuple[list[Any], bool]:
     """Up to ``size`` rows in key order from ``cursor``, and whether more lie beyond them.
 
     One part is one query. Several parts are two, however many there are: the
@@ -95,10 +97,11 @@ def keyset_page(parts: Parts, *, fields: tuple[str, str], size: int, cursor: Cur
     if not parts.querysets:
         return [], False
     forward = cursor is None or cursor.forward
-    order = fields if forward else tuple(f"-{name}" for name in fields)
+    ascending = forward != descending  # the direction this query reads the key in
+    order = fields if ascending else tuple(f"-{name}" for name in fields)
     scans = []
     for queryset in parts.querysets:
-        scan = queryset if cursor is None else queryset.filter(_beyond(fields, cursor.key, forward))
+        scan = queryset if cursor is None else queryset.filter(_beyond(fields, cursor.key, ascending))
         scans.append(scan.order_by(*order))
     if len(scans) == 1:
         page = scans[0].select_related(*parts.select_related) if parts.select_related else scans[0]
@@ -121,6 +124,7 @@ class KeysetPagination(BasePagination):
     """DRF pagination for views whose ``get_queryset`` returns :class:`Parts` (or a plain queryset)."""
 
     fields: tuple[str, str] = ("created_at", "id")
+    descending = False  # True: newest first
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 200
@@ -131,7 +135,9 @@ class KeysetPagination(BasePagination):
         self.size = self._size(request)
         token = request.query_params.get(CURSOR_PARAM)
         self.cursor = Cursor.decode(token) if token else None
-        self.page, more = keyset_page(parts, fields=self.fields, size=self.size, cursor=self.cursor)
+        self.page, more = keyset_page(
+            parts, fields=self.fields, size=self.size, cursor=self.cursor, descending=self.descending
+        )
         forward = self.cursor is None or self.cursor.forward
         self.has_next = more if forward else self.cursor is not None
         self.has_previous = (self.cursor is not None) if forward else more

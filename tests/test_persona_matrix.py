@@ -37,7 +37,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import ApiToken
 from accounts.services import api_token_create
-from clinical import services
+from clinical import fhir, services
 from clinical.models import (
     BreakGlassReview,
     Country,
@@ -117,6 +117,41 @@ PATIENT_API_MATRIX = [
 ]
 PATIENT_API_COLUMNS = ("patients", "patient_detail", "patient_update", "my_patient", "me")
 
+# Medical record routes, on P's record R (a heart rate). Reading follows the patient; adding
+# needs the role's add permission and change access to P; amending and entered-in-error need
+# change_medicalrecord, verifying verify_medicalrecord (Doctor). Each call runs on a fresh world.
+# Columns: persona, GET patients/<P>/records/, GET .../records/<R>/, POST .../records/,
+# POST .../<R>/amend/, POST .../<R>/entered-in-error/, POST .../<R>/verify/,
+# GET me/records/, GET me/records/<R>/.
+RECORD_API_MATRIX = [
+    ("primary_doctor", 200, 200, 201, 201, 200, 200, 404, 404),
+    ("nurse_a", 200, 200, 201, 403, 403, 403, 404, 404),
+    ("doctor_b", 404, 404, 404, 404, 404, 404, 404, 404),
+    ("inst_admin_a", 200, 200, 403, 403, 403, 403, 404, 404),
+    ("care_team", 200, 200, 403, 403, 403, 403, 404, 404),
+    ("expired_care_team", 404, 404, 404, 404, 404, 404, 404, 404),
+    ("break_glass", 200, 200, 403, 403, 403, 403, 404, 404),
+    ("expired_break_glass", 404, 404, 404, 404, 404, 404, 404, 404),
+    ("ended_membership", 404, 404, 404, 404, 404, 404, 404, 404),
+    ("no_mfa", 401, 401, 401, 401, 401, 401, 401, 401),
+    ("patient_p", 200, 200, 403, 403, 403, 403, 200, 200),
+    ("patient_q", 404, 404, 404, 404, 404, 404, 200, 404),
+    ("cms_admin", 404, 404, 404, 404, 404, 404, 404, 404),
+    ("cms_editor", 404, 404, 404, 404, 404, 404, 404, 404),
+    ("superuser", 200, 200, 201, 201, 200, 200, 404, 404),
+    ("anonymous", 401, 401, 401, 401, 401, 401, 401, 401),
+]
+RECORD_API_COLUMNS = (
+    "records",
+    "record_detail",
+    "record_create",
+    "record_amend",
+    "record_entered_in_error",
+    "record_verify",
+    "my_records",
+    "my_record",
+)
+
 # Account and documentation routes. Staff personas (except ``no_mfa``) hold a
 # confirmed TOTP device, so obtaining a token with password + code succeeds for
 # them; ``no_mfa`` is refused (403) and falls back to a password-only session,
@@ -151,6 +186,13 @@ COVERED_API_ROUTES = {
     "api/v1/patients/<uuid:uuid>/",
     "api/v1/me/patient/",
     "api/v1/me/",
+    "api/v1/patients/<uuid:uuid>/records/",
+    "api/v1/patients/<uuid:uuid>/records/<uuid:record_uuid>/",
+    "api/v1/patients/<uuid:uuid>/records/<uuid:record_uuid>/amend/",
+    "api/v1/patients/<uuid:uuid>/records/<uuid:record_uuid>/entered-in-error/",
+    "api/v1/patients/<uuid:uuid>/records/<uuid:record_uuid>/verify/",
+    "api/v1/me/records/",
+    "api/v1/me/records/<uuid:record_uuid>/",
     "api/v1/auth/token/",
     "api/v1/auth/tokens/",
     "api/v1/auth/tokens/<uuid:token_id>/",
@@ -441,11 +483,19 @@ def build_world() -> SimpleNamespace:
     assert not InstitutionMembership.objects.active().filter(user=ended_membership).exists()
     assert not TOTPDevice.objects.filter(user=no_mfa).exists()
 
+    p_record = services.record_create(
+        patient=p,
+        record_type="vital_signs",
+        payload=fhir.build_vital_signs(kind="8867-4", value=72, effective=now, patient_reference=f"Patient/{p.uuid}"),
+        author=primary.user,
+    )
+
     return SimpleNamespace(
         A=a,
         B=b,
         P=p,
         Q=q,
+        p_record=p_record.uuid,
         doctors={"primary_doctor": primary, "doctor_b": doctor_b},
         user_ids={name: (user.pk if user is not None else None) for name, user in users.items()},
         own_patient={"patient_p": p, "patient_q": q},
@@ -631,6 +681,78 @@ def check_me(world, persona, response, expected):
         assert response.json()["email"] == world.users[persona].email
 
 
+# Medical record routes -------------------------------------------------------------------
+
+
+def _record_url(world: SimpleNamespace, name: str) -> str:
+    return reverse(f"v1:{name}", args=[world.P.uuid, world.p_record])
+
+
+def _heart_rate(world: SimpleNamespace, bpm: int) -> dict[str, Any]:
+    return fhir.build_vital_signs(
+        kind="8867-4", value=bpm, effective=timezone.now(), patient_reference=f"Patient/{world.P.uuid}"
+    )
+
+
+def _post(world, persona, url, body):
+    return api_client(world, persona).post(url, body, content_type="application/json")
+
+
+def call_records(world, persona):
+    return api_client(world, persona).get(reverse("v1:record-list", args=[world.P.uuid]))
+
+
+def call_record_detail(world, persona):
+    return api_client(world, persona).get(_record_url(world, "record-detail"))
+
+
+def call_record_create(world, persona):
+    body = {"record_type": "vital_signs", "payload": _heart_rate(world, 80)}
+    return _post(world, persona, reverse("v1:record-list", args=[world.P.uuid]), body)
+
+
+def call_record_amend(world, persona):
+    body = {"payload": _heart_rate(world, 75), "reason": "Re-measured at rest"}
+    return _post(world, persona, _record_url(world, "record-amend"), body)
+
+
+def call_record_entered_in_error(world, persona):
+    return _post(world, persona, _record_url(world, "record-entered-in-error"), {"reason": "Wrong patient"})
+
+
+def call_record_verify(world, persona):
+    return _post(world, persona, _record_url(world, "record-verify"), {})
+
+
+def call_my_records(world, persona):
+    return api_client(world, persona).get(reverse("v1:my-record-list"))
+
+
+def call_my_record(world, persona):
+    return api_client(world, persona).get(reverse("v1:my-record-detail", args=[world.p_record]))
+
+
+def check_record_call(world, persona, response, expected):
+    """The status; a refusal reveals nothing of P and changes nothing; a success shows R or its successor."""
+    from clinical.models import LedgerEntry, MedicalRecord
+
+    assert _status(response) == expected, response.content
+    if expected in (200, 201):
+        body = response.json()
+        rows = body["results"] if "results" in body else [body]
+        if persona == "patient_q" and "results" in body:
+            assert rows == []
+            return
+        assert all(row["patient"] == str(world.P.uuid) for row in rows)
+        assert all(row["ledger_entry"] for row in rows)
+        return
+    assert not mentions_p(response)
+    assert str(world.p_record) not in response.content.decode()
+    assert MedicalRecord.objects.filter(patient=world.P).count() == 1
+    assert MedicalRecord.objects.get(uuid=world.p_record).status == "current"
+    assert LedgerEntry.objects.count() == 1
+
+
 # Account and documentation routes ---------------------------------------------------------
 
 
@@ -709,6 +831,24 @@ API_ENDPOINTS = {
     "patient_update": Endpoint("api/v1/patients/<uuid:uuid>/", call_patient_update, check_patient_update),
     "my_patient": Endpoint("api/v1/me/patient/", call_my_patient, check_my_patient),
     "me": Endpoint("api/v1/me/", call_me, check_me),
+    "records": Endpoint("api/v1/patients/<uuid:uuid>/records/", call_records, check_record_call),
+    "record_detail": Endpoint(
+        "api/v1/patients/<uuid:uuid>/records/<uuid:record_uuid>/", call_record_detail, check_record_call
+    ),
+    "record_create": Endpoint("api/v1/patients/<uuid:uuid>/records/", call_record_create, check_record_call),
+    "record_amend": Endpoint(
+        "api/v1/patients/<uuid:uuid>/records/<uuid:record_uuid>/amend/", call_record_amend, check_record_call
+    ),
+    "record_entered_in_error": Endpoint(
+        "api/v1/patients/<uuid:uuid>/records/<uuid:record_uuid>/entered-in-error/",
+        call_record_entered_in_error,
+        check_record_call,
+    ),
+    "record_verify": Endpoint(
+        "api/v1/patients/<uuid:uuid>/records/<uuid:record_uuid>/verify/", call_record_verify, check_record_call
+    ),
+    "my_records": Endpoint("api/v1/me/records/", call_my_records, check_record_call),
+    "my_record": Endpoint("api/v1/me/records/<uuid:record_uuid>/", call_my_record, check_record_call),
     "token_obtain": Endpoint("api/v1/auth/token/", call_token_obtain, check_token_obtain),
     "tokens": Endpoint("api/v1/auth/tokens/", call_tokens, check_tokens),
     "token_revoke_own": Endpoint("api/v1/auth/tokens/<uuid:token_id>/", call_token_revoke_own, check_token_revoke_own),
@@ -728,7 +868,11 @@ def _cases(matrix: list[tuple[Any, ...]], columns: tuple[str, ...]) -> list[Any]
     ]
 
 
-API_CASES = _cases(PATIENT_API_MATRIX, PATIENT_API_COLUMNS) + _cases(ACCOUNT_API_MATRIX, ACCOUNT_API_COLUMNS)
+API_CASES = (
+    _cases(PATIENT_API_MATRIX, PATIENT_API_COLUMNS)
+    + _cases(RECORD_API_MATRIX, RECORD_API_COLUMNS)
+    + _cases(ACCOUNT_API_MATRIX, ACCOUNT_API_COLUMNS)
+)
 
 
 @pytest.mark.parametrize(("persona", "endpoint", "expected"), API_CASES)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from rest_framework import serializers
 
-from clinical.models import Gender, Patient, Sex
+from clinical.models import Gender, MedicalRecord, Patient, RecordSource, RecordType, Sex
 
 
 class InstitutionRefSerializer(serializers.Serializer[Any]):
@@ -66,3 +67,85 @@ class PatientUpdateSerializer(serializers.Serializer[Any]):
     )
     notes = serializers.CharField(required=False, allow_null=True, allow_blank=True)
     is_active = serializers.BooleanField(required=False)
+
+
+class RecordSerializer(serializers.ModelSerializer[MedicalRecord]):
+    """One version of a medical record, decrypted. ``ledger_entry`` is its integrity ledger entry."""
+
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    patient = serializers.UUIDField(source="patient.uuid", read_only=True)
+    payload = serializers.JSONField(read_only=True)
+    metadata = serializers.JSONField(source="record_metadata", read_only=True)
+    series = serializers.UUIDField(read_only=True)
+    supersedes = serializers.SerializerMethodField()
+    ledger_entry = serializers.SerializerMethodField()
+    author = serializers.SerializerMethodField()
+    verified_by = serializers.SerializerMethodField()
+    institution = serializers.UUIDField(source="institution.uuid", read_only=True, allow_null=True)
+
+    class Meta:
+        model = MedicalRecord
+        fields = (
+            "id",
+            "patient",
+            "record_type",
+            "resource_type",
+            "payload",
+            "metadata",
+            "effective_date",
+            "interpretation",
+            "data_hash",
+            "ledger_entry",
+            "series",
+            "version",
+            "supersedes",
+            "status",
+            "source",
+            "severity",
+            "confidence",
+            "author",
+            "institution",
+            "verified_by",
+            "verified_at",
+            "created_at",
+        )
+        read_only_fields = fields
+
+    def get_supersedes(self, record: MedicalRecord) -> str | None:
+        previous = getattr(record, "supersedes_uuid", None)
+        return str(previous) if previous else None
+
+    def get_ledger_entry(self, record: MedicalRecord) -> str | None:
+        entry = getattr(record, "ledger_entry_uuid", None)
+        return str(entry) if entry else None
+
+    def get_author(self, record: MedicalRecord) -> str | None:
+        return record.author.get_full_name() or None if record.author_id else None
+
+    def get_verified_by(self, record: MedicalRecord) -> str | None:
+        return record.verified_by.get_full_name() or None if record.verified_by_id else None
+
+
+class RecordCreateSerializer(serializers.Serializer[Any]):
+    record_type = serializers.ChoiceField(choices=RecordType.choices)
+    payload = serializers.JSONField()
+    severity = serializers.IntegerField(min_value=1, max_value=10, required=False, allow_null=True)
+    confidence = serializers.DecimalField(
+        max_digits=3, decimal_places=2, min_value=Decimal(0), max_value=Decimal(1), required=False, allow_null=True
+    )
+    source = serializers.ChoiceField(
+        choices=[RecordSource.MANUAL, RecordSource.IMPORT, RecordSource.AI_ANALYSIS], default=RecordSource.MANUAL
+    )
+
+
+class RecordAmendSerializer(serializers.Serializer[Any]):
+    payload = serializers.JSONField()
+    reason = serializers.CharField(max_length=1000)
+    severity = serializers.IntegerField(min_value=1, max_value=10, required=False, allow_null=True)
+    confidence = serializers.DecimalField(
+        max_digits=3, decimal_places=2, min_value=Decimal(0), max_value=Decimal(1), required=False, allow_null=True
+    )
+
+
+class RecordReasonSerializer(serializers.Serializer[Any]):
+    reason = serializers.CharField(max_length=1000)

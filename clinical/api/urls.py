@@ -1,9 +1,32 @@
 from django.urls import path
 
-from clinical.api.views import MyPatientView, PatientDetailView, PatientListView
+from clinical.api import views
 
 urlpatterns = [
-    path("patients/", PatientListView.as_view(), name="patient-list"),
-    path("patients/<uuid:uuid>/", PatientDetailView.as_view(), name="patient-detail"),
-    path("me/patient/", MyPatientView.as_view(), name="my-patient"),
+    path("patients/", views.PatientListView.as_view(), name="patient-list"),
+    path("patients/<uuid:uuid>/", views.PatientDetailView.as_view(), name="patient-detail"),
+    path("patients/<uuid:uuid>/records/", views.PatientRecordListView.as_view(), name="record-list"),
+    path(
+        "patients/<uuid:uuid>/records/<uuid:record_uuid>/",
+        views.PatientRecordDetailView.as_view(),
+        name="record-detail",
+    ),
+    path(
+        "patients/<uuid:uuid>/records/<uuid:record_uuid>/amend/",
+        views.RecordAmendView.as_view(),
+        name="record-amend",
+    ),
+    path(
+        "patients/<uuid:uuid>/records/<uuid:record_uuid>/entered-in-error/",
+        views.RecordEnteredInErrorView.as_view(),
+        name="record-entered-in-error",
+    ),
+    path(
+        "patients/<uuid:uuid>/records/<uuid:record_uuid>/verify/",
+        views.RecordVerifyView.as_view(),
+        name="record-verify",
+    ),
+    path("me/patient/", views.MyPatientView.as_view(), name="my-patient"),
+    path("me/records/", views.MyRecordListView.as_view(), name="my-record-list"),
+    path("me/records/<uuid:record_uuid>/", views.MyRecordDetailView.as_view(), name="my-record-detail"),
 ]

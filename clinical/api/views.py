@@ -6,9 +6,11 @@ visible object with a forbidden action answers 403.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from django.http import Http404
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics
 from rest_framework.exceptions import PermissionDenied, ValidationError
@@ -17,10 +19,19 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from clinical import access, services
-from clinical.api.serializers import PatientDetailSerializer, PatientSerializer, PatientUpdateSerializer
-from clinical.audit import patient_access_record, patient_list_access_record, purpose_for
-from clinical.models import Patient, ValidationStatus
-from clinical.selectors import patient_list, patient_page_parts
+from clinical.api.serializers import (
+    PatientDetailSerializer,
+    PatientSerializer,
+    PatientUpdateSerializer,
+    RecordAmendSerializer,
+    RecordCreateSerializer,
+    RecordReasonSerializer,
+    RecordSerializer,
+)
+from clinical.audit import patient_access_record, patient_list_access_record, purpose_for, record_access_record
+from clinical.fhir import SYSTEM_ALIASES, system_uri
+from clinical.models import MedicalRecord, Patient, RecordStatus, RecordType, ValidationStatus
+from clinical.selectors import patient_list, patient_page_parts, record_list, with_record_details
 from config.pagination import KeysetPagination
 
 PURPOSE_HEADER = "X-Purpose-Of-Use"
@@ -112,3 +123,206 @@ class MyPatientView(APIView):
             remote_addr=_client_address(request),
         )
         return Response(PatientDetailSerializer(patient).data)
+
+
+# Medical records ------------------------------------------------------------------------
+
+
+class RecordPagination(KeysetPagination):
+    """Newest first, by (created_at, id)."""
+
+    descending = True
+
+
+def _record_filters(request: Request) -> dict[str, Any]:
+    """The list filters from the query string; a malformed one answers 400 naming it."""
+    params = request.query_params
+    errors: dict[str, list[str]] = {}
+    filters: dict[str, Any] = {}
+    record_type = params.get("type")
+    if record_type:
+        if record_type not in RecordType.values:
+            errors["type"] = [f"Must be one of: {', '.join(RecordType.values)}."]
+        filters["record_type"] = record_type
+    status = params.get("status", RecordStatus.CURRENT)
+    if status == "all":
+        filters["status"] = None
+    elif status in RecordStatus.values:
+        filters["status"] = status
+    else:
+        errors["status"] = [f"Must be one of: {', '.join(RecordStatus.values)}, all."]
+    for name, key in (("effective_from", "effective_from"), ("effective_to", "effective_to")):
+        raw = params.get(name)
+        if raw:
+            try:
+                filters[key] = datetime.date.fromisoformat(raw)
+            except ValueError:
+                errors[name] = ["Give a date as YYYY-MM-DD."]
+    system, code = params.get("system"), params.get("code")
+    if system:
+        try:
+            filters["system"] = system_uri(system)
+        except ValueError:
+            errors["system"] = [f"Give a coding system URI or one of: {', '.join(SYSTEM_ALIASES)}."]
+    if code:
+        filters["code"] = code
+    if errors:
+        raise ValidationError(errors)
+    return filters
+
+
+RECORD_FILTER_PARAMETERS = [
+    OpenApiParameter("type", str, description="Record type, e.g. lab_result."),
+    OpenApiParameter("status", str, description="current (default), superseded, entered_in_error or all."),
+    OpenApiParameter("effective_from", OpenApiTypes.DATE),
+    OpenApiParameter("effective_to", OpenApiTypes.DATE),
+    OpenApiParameter("system", str, description="Coding system: a URI or loinc, snomed, icd-10-cm, rxnorm, cvx, atc."),
+    OpenApiParameter("code", str, description="A code in that system (or in any system)."),
+    PURPOSE_PARAMETER,
+]
+
+
+class PatientRecordsMixin:
+    request: Request
+
+    def visible_patient(self, uuid: Any) -> Patient:
+        patient = access.patients_visible_to(self.request.user).filter(uuid=uuid).select_related("institution").first()
+        if patient is None:
+            raise Http404
+        return patient
+
+    def visible_record(self, patient: Patient, record_uuid: Any) -> MedicalRecord:
+        record = with_record_details(MedicalRecord.objects.filter(patient=patient, uuid=record_uuid)).first()
+        if record is None:
+            raise Http404
+        return record
+
+    def audit(self, patient: Patient, records: list[MedicalRecord], view: str, purpose: str | None = None) -> None:
+        record_access_record(
+            user=self.request.user,
+            patient=patient,
+            records=records,
+            purpose=purpose or _purpose(self.request),
+            view=view,
+            remote_addr=_client_address(self.request),
+        )
+
+
+class PatientRecordListView(PatientRecordsMixin, generics.GenericAPIView[MedicalRecord]):
+    """A patient's medical records, newest first. Staff with write access add records by POST."""
+
+    serializer_class = RecordSerializer
+    pagination_class = RecordPagination
+
+    @extend_schema(parameters=RECORD_FILTER_PARAMETERS, responses=RecordSerializer(many=True))
+    def get(self, request: Request, uuid: Any) -> Response:
+        patient = self.visible_patient(uuid)
+        records = record_list(patient=patient, **_record_filters(request))
+        page = self.paginate_queryset(records) or []
+        self.audit(patient, page, "api record list")
+        return self.get_paginated_response(RecordSerializer(page, many=True).data)
+
+    @extend_schema(request=RecordCreateSerializer, responses={201: RecordSerializer})
+    def post(self, request: Request, uuid: Any) -> Response:
+        patient = self.visible_patient(uuid)
+        if not access.can_add_record(request.user, patient):
+            raise PermissionDenied("You may see this patient but not add records.")
+        serializer = RecordCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        record = services.record_create(patient=patient, author=request.user, **serializer.validated_data)
+        created = self.visible_record(patient, record.uuid)
+        return Response(RecordSerializer(created).data, status=201)
+
+
+class PatientRecordDetailView(PatientRecordsMixin, APIView):
+    """One version of a record (superseded and entered-in-error versions stay readable)."""
+
+    @extend_schema(parameters=[PURPOSE_PARAMETER], responses=RecordSerializer)
+    def get(self, request: Request, uuid: Any, record_uuid: Any) -> Response:
+        patient = self.visible_patient(uuid)
+        record = self.visible_record(patient, record_uuid)
+        self.audit(patient, [record], "api record detail")
+        return Response(RecordSerializer(record).data)
+
+
+class RecordActionView(PatientRecordsMixin, APIView):
+    """Base for the POST actions on one record."""
+
+    allowed = staticmethod(access.can_amend_record)
+    refusal = "You may see this record but not change it."
+
+    def target(self, uuid: Any, record_uuid: Any) -> tuple[Patient, MedicalRecord]:
+        patient = self.visible_patient(uuid)
+        record = self.visible_record(patient, record_uuid)
+        if not self.allowed(self.request.user, patient):
+            raise PermissionDenied(self.refusal)
+        return patient, record
+
+
+class RecordAmendView(RecordActionView):
+    """Write a new version that supersedes this one; answers the new version."""
+
+    @extend_schema(request=RecordAmendSerializer, responses={201: RecordSerializer})
+    def post(self, request: Request, uuid: Any, record_uuid: Any) -> Response:
+        patient, record = self.target(uuid, record_uuid)
+        serializer = RecordAmendSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        amended = services.record_amend(record=record, author=request.user, **serializer.validated_data)
+        return Response(RecordSerializer(self.visible_record(patient, amended.uuid)).data, status=201)
+
+
+class RecordEnteredInErrorView(RecordActionView):
+    """Mark this version entered in error, with a reason."""
+
+    @extend_schema(request=RecordReasonSerializer, responses=RecordSerializer)
+    def post(self, request: Request, uuid: Any, record_uuid: Any) -> Response:
+        patient, record = self.target(uuid, record_uuid)
+        serializer = RecordReasonSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.record_mark_entered_in_error(
+            record=record, by=request.user, reason=serializer.validated_data["reason"]
+        )
+        return Response(RecordSerializer(self.visible_record(patient, record.uuid)).data)
+
+
+class RecordVerifyView(RecordActionView):
+    """Confirm this version."""
+
+    allowed = staticmethod(access.can_verify_record)
+    refusal = "You may see this record but not verify it."
+
+    @extend_schema(request=None, responses=RecordSerializer)
+    def post(self, request: Request, uuid: Any, record_uuid: Any) -> Response:
+        patient, record = self.target(uuid, record_uuid)
+        services.record_verify(record=record, by=request.user)
+        return Response(RecordSerializer(self.visible_record(patient, record.uuid)).data)
+
+
+class MyRecordListView(PatientRecordsMixin, generics.GenericAPIView[MedicalRecord]):
+    """The caller's own medical records (patients using the portal), newest first."""
+
+    serializer_class = RecordSerializer
+    pagination_class = RecordPagination
+
+    def own_patient(self) -> Patient:
+        patient = patient_list(user=self.request.user).filter(user_id=self.request.user.pk).first()
+        if patient is None:
+            raise Http404("You have no patient record.")
+        return patient
+
+    @extend_schema(parameters=RECORD_FILTER_PARAMETERS[:-1], responses=RecordSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        patient = self.own_patient()
+        records = record_list(patient=patient, **_record_filters(request))
+        page = self.paginate_queryset(records) or []
+        self.audit(patient, page, "api my records", purpose=purpose_for(request.user, "PATRQT"))
+        return self.get_paginated_response(RecordSerializer(page, many=True).data)
+
+
+class MyRecordDetailView(MyRecordListView):
+    @extend_schema(responses=RecordSerializer)
+    def get(self, request: Request, record_uuid: Any) -> Response:  # type: ignore[override]
+        patient = self.own_patient()
+        record = self.visible_record(patient, record_uuid)
+        self.audit(patient, [record], "api my record", purpose=purpose_for(request.user, "PATRQT"))
+        return Response(RecordSerializer(record).data)

@@ -37,6 +37,16 @@ from clinical.models.lists import (
     PatientCondition,
     PatientMedication,
 )
+from clinical.models.records import (
+    Interpretation,
+    LedgerCheckpoint,
+    LedgerEntry,
+    LedgerEntryKind,
+    MedicalRecord,
+    RecordSource,
+    RecordStatus,
+    RecordType,
+)
 
 __all__ = [
     "Address",
@@ -55,8 +65,13 @@ __all__ = [
     "HealthProfile",
     "InstitutionMembership",
     "InstitutionType",
+    "Interpretation",
+    "LedgerCheckpoint",
+    "LedgerEntry",
+    "LedgerEntryKind",
     "MedicalCondition",
     "MedicalInstitution",
+    "MedicalRecord",
     "Medication",
     "MembershipRole",
     "Patient",
@@ -66,6 +81,9 @@ __all__ = [
     "PatientUserObjectPermission",
     "Phone",
     "PhoneType",
+    "RecordSource",
+    "RecordStatus",
+    "RecordType",
     "Region",
     "ReviewOutcome",
     "Sex",

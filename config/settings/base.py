@@ -225,7 +225,12 @@ SILENCED_SYSTEM_CHECKS = [
 
 CELERY_BEAT_SCHEDULE = {
     "purge-stale-api-tokens": {"task": "accounts.api_tokens_purge", "schedule": 6 * 60 * 60},
+    "publish-ledger-head": {"task": "clinical.ledger_head_publish", "schedule": 60 * 60},
 }
+# Medical records' integrity ledger: where the chain head is published each hour.
+# A dotted path to a callable (seq, entry_hash) -> (published_to, receipt); the
+# default keeps the checkpoint in the database only.
+LEDGER_HEAD_PUBLISHER = env.str("LEDGER_HEAD_PUBLISHER", default="clinical.ledger.record_in_database")
 
 # Login hardening (accounts) --------------------------------------------------
 # Argon2 first, every login path under lockout, TOTP MFA for staff, staff session

@@ -1,0 +1,274 @@
+"""The integrity ledger of medical records: an append-only hash chain, and its verification.
+
+Each record write appends one :class:`~clinical.models.LedgerEntry` in the
+writer's transaction::
+
+    entry_hash = SHA-256(canonical JSON of {seq, record, version, kind, data_hash, prev_hash, created_at})
+
+where ``prev_hash`` is the previous entry's ``entry_hash`` (64 zeros for the
+first). Writers serialise on a transaction-level advisory lock, taken before
+the head is read, so two concurrent writers can never both extend the same
+head: the chain never forks, and ``seq`` has no gaps.
+
+:func:`verify` recomputes everything: each entry's hash and link, each
+record's plaintext hash against its own ``data_hash`` and the ledger's, records
+missing from the ledger (inserted behind the application's back), ledger
+versions whose record is gone without a tombstone (deleted outside policy),
+and the published checkpoints. Problems come in chain order, so the first one
+is the first broken link.
+
+Publishing the head elsewhere is pluggable: ``LEDGER_HEAD_PUBLISHER`` names a
+callable ``(seq, entry_hash) -> (published_to, receipt)``; the default records
+the head in :class:`~clinical.models.LedgerCheckpoint` only. The scheduled task
+``clinical.tasks.ledger_head_publish`` calls :func:`publish_head`.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from accounts.encryption import DecryptionError
+from clinical.canonical import sha256_hex
+from clinical.models import LedgerCheckpoint, LedgerEntry, LedgerEntryKind, MedicalRecord
+
+GENESIS_HASH = "0" * 64
+# pg_advisory_xact_lock key: "CTLEDGER" read as a 64-bit integer, unlikely to meet another lock.
+LEDGER_LOCK = int.from_bytes(b"CTLEDGER", "big") - 2**63
+
+
+def entry_hash(
+    *,
+    seq: int,
+    record_uuid: Any,
+    version: int,
+    kind: str,
+    data_hash: str,
+    prev_hash: str,
+    created_at: datetime.datetime,
+) -> str:
+    return sha256_hex(
+        {
+            "seq": seq,
+            "record": str(record_uuid),
+            "version": version,
+            "kind": kind,
+            "data_hash": data_hash,
+            "prev_hash": prev_hash,
+            "created_at": created_at.astimezone(datetime.UTC).isoformat(),
+        }
+    )
+
+
+def _hash_of(entry: LedgerEntry) -> str:
+    return entry_hash(
+        seq=entry.seq,
+        record_uuid=entry.record_uuid,
+        version=entry.version,
+        kind=entry.kind,
+        data_hash=entry.data_hash,
+        prev_hash=entry.prev_hash,
+        created_at=entry.created_at,
+    )
+
+
+def _lock_head() -> tuple[int, str]:
+    """Take the ledger lock for this transaction and read the head (two statements, in that order).
+
+    The head must be read by a statement that starts after the lock is held:
+    under READ COMMITTED each statement sees what was committed when it began.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LEDGER_LOCK])
+        cursor.execute("SELECT seq, entry_hash FROM clinical_ledgerentry ORDER BY seq DESC LIMIT 1")
+        row = cursor.fetchone()
+    return (row[0], row[1]) if row else (0, GENESIS_HASH)
+
+
+def _entry(record: MedicalRecord, kind: str, seq: int, prev_hash: str) -> LedgerEntry:
+    created_at = timezone.now()
+    entry = LedgerEntry(
+        seq=seq,
+        record_id=record.pk,
+        record_uuid=record.uuid,
+        version=record.version,
+        kind=kind,
+        data_hash=record.data_hash,
+        prev_hash=prev_hash,
+        created_at=created_at,
+    )
+    entry.entry_hash = _hash_of(entry)
+    return entry
+
+
+def append(record: MedicalRecord, kind: str = LedgerEntryKind.VERSION) -> LedgerEntry:
+    """Append one entry for ``record``; call inside the transaction that writes the record."""
+    if not connection.in_atomic_block:
+        raise RuntimeError("ledger.append must run inside the record's transaction")
+    seq, head = _lock_head()
+    entry = _entry(record, kind, seq + 1, head)
+    entry.save(force_insert=True)
+    return entry
+
+
+def append_many(records: list[MedicalRecord], kind: str = LedgerEntryKind.VERSION) -> list[LedgerEntry]:
+    """Append an entry for each of ``records`` in order, with one lock and one INSERT (bulk imports, seeding)."""
+    if not connection.in_atomic_block:
+        raise RuntimeError("ledger.append_many must run inside the records' transaction")
+    if not records:
+        return []
+    seq, head = _lock_head()
+    entries = []
+    for record in records:
+        seq += 1
+        entry = _entry(record, kind, seq, head)
+        head = entry.entry_hash
+        entries.append(entry)
+    LedgerEntry.objects.bulk_create(entries, batch_size=2000)
+    return entries
+
+
+# Publishing the head ------------------------------------------------------------------
+
+
+def record_in_database(seq: int, head: str) -> tuple[str, str]:
+    """The default publisher: the checkpoint row itself is the publication."""
+    return "database", ""
+
+
+def publish_head() -> LedgerCheckpoint | None:
+    """Publish the current head through ``LEDGER_HEAD_PUBLISHER`` and keep a checkpoint; None for an empty chain."""
+    head = LedgerEntry.objects.order_by("-seq").values_list("seq", "entry_hash").first()
+    if head is None:
+        return None
+    publisher: Callable[[int, str], tuple[str, str]] = import_string(
+        getattr(settings, "LEDGER_HEAD_PUBLISHER", "clinical.ledger.record_in_database")
+    )
+    published_to, receipt = publisher(*head)
+    return LedgerCheckpoint.objects.create(seq=head[0], entry_hash=head[1], published_to=published_to, receipt=receipt)
+
+
+# Verification --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One broken link. ``where`` names the entry (``ledger #12``) or the record (``record <uuid> v2``)."""
+
+    where: str
+    what: str
+    seq: int  # the chain position it is reported at, for ordering (0: before the chain)
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}"
+
+
+@dataclass
+class Report:
+    entries: int = 0
+    records: int = 0
+    checkpoints: int = 0
+    problems: list[Problem] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def first(self) -> Problem | None:
+        return self.problems[0] if self.problems else None
+
+
+def _chunked(queryset: Any, size: int) -> Iterator[Any]:
+    return queryset.iterator(chunk_size=size)
+
+
+def verify(*, chunk_size: int = 2000, progress: Callable[[str, int], None] | None = None) -> Report:
+    """Recompute the chain and every record's hash. Reads only; safe on a live database."""
+    report = Report(problems=[])
+    problems: list[Problem] = []
+    # (record uuid, version) -> (data hash, seq) of the entry that wrote that version.
+    versions: dict[tuple[str, int], tuple[str, int]] = {}
+    tombstoned: set[str] = set()
+    seq_hashes: dict[int, str] = {}
+
+    expected, prev = 1, GENESIS_HASH
+    for entry in _chunked(LedgerEntry.objects.order_by("seq"), chunk_size):
+        report.entries += 1
+        where = f"ledger #{entry.seq}"
+        if entry.seq != expected:
+            missing = f"#{expected}" if entry.seq > expected else "an earlier position"
+            what = f"out of sequence: expected {missing} here (entry deleted or moved)"
+            problems.append(Problem(where, what, expected))
+        if entry.prev_hash != prev:
+            what = "does not link to the entry before it (inserted, deleted or reordered)"
+            problems.append(Problem(where, what, entry.seq))
+        if _hash_of(entry) != entry.entry_hash:
+            problems.append(Problem(where, "its contents do not match its hash (entry altered)", entry.seq))
+        record_key = str(entry.record_uuid)
+        if entry.kind == LedgerEntryKind.VERSION:
+            versions[(record_key, entry.version)] = (entry.data_hash, entry.seq)
+        elif entry.kind == LedgerEntryKind.TOMBSTONE:
+            tombstoned.add(record_key)
+        seq_hashes[entry.seq] = entry.entry_hash
+        expected, prev = entry.seq + 1, entry.entry_hash
+        if progress is not None:
+            progress("ledger", 1)
+
+    seen: set[tuple[str, int]] = set()
+    records = MedicalRecord.objects.order_by("id").only("id", "uuid", "version", "data_hash", "payload")
+    for record in _chunked(records, chunk_size):
+        report.records += 1
+        key = (str(record.uuid), record.version)
+        seen.add(key)
+        where = f"record {record.uuid} v{record.version}"
+        written = versions.get(key)
+        at = written[1] if written else 0
+        try:
+            plaintext_hash = sha256_hex(record.payload)
+        except DecryptionError:
+            problems.append(Problem(where, "payload does not decrypt (ciphertext altered or moved)", at))
+            plaintext_hash = None
+        if plaintext_hash is not None and plaintext_hash != record.data_hash:
+            problems.append(Problem(where, "payload does not match its data_hash (payload altered)", at))
+        if written is None:
+            problems.append(Problem(where, "has no ledger entry (written outside the application)", 0))
+        elif written[0] != record.data_hash:
+            problems.append(Problem(where, f"data_hash differs from ledger #{written[1]} (hash altered)", at))
+        if progress is not None:
+            progress("records", 1)
+
+    for (record_key, version), (_, seq) in versions.items():
+        if (record_key, version) not in seen and record_key not in tombstoned:
+            problems.append(
+                Problem(f"ledger #{seq}", f"record {record_key} v{version} is gone without a tombstone (deleted)", seq)
+            )
+
+    for checkpoint in LedgerCheckpoint.objects.order_by("seq"):
+        report.checkpoints += 1
+        if seq_hashes.get(checkpoint.seq) != checkpoint.entry_hash:
+            problems.append(
+                Problem(
+                    f"ledger #{checkpoint.seq}",
+                    f"differs from the head published to {checkpoint.published_to} "
+                    f"at {checkpoint.created_at:%Y-%m-%d %H:%M} (chain rewritten)",
+                    checkpoint.seq,
+                )
+            )
+
+    problems.sort(key=lambda problem: problem.seq)
+    report.problems = problems
+    return report
+
+
+@transaction.atomic
+def tombstone(record: MedicalRecord) -> LedgerEntry:
+    """Record a deletion allowed by policy (retention, erasure) before the row goes."""
+    return append(record, LedgerEntryKind.TOMBSTONE)
