@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from auditlog.mixins import AuditlogHistoryAdminMixin
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -23,24 +21,9 @@ from django.urls import path, reverse
 
 from clinical import access, services
 from clinical import models as m
+from clinical.admin_base import CaretrailAdmin
 from clinical.audit import patient_access_record, patient_list_access_record, purpose_for
-
-
-class CaretrailAdmin(AuditlogHistoryAdminMixin, admin.ModelAdmin):
-    show_auditlog_history_link = True
-    list_per_page = 50
-
-    def auditlog_history_view(
-        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
-    ) -> HttpResponse:
-        # The mixin would render an empty page (and fail) for a row that
-        # get_queryset hides; answer like the change page does instead.
-        obj = self.get_object(request, unquote(object_id))
-        if obj is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
-        if isinstance(obj, m.Patient):
-            patient_access_record(user=request.user, patient=obj, purpose=purpose_for(request.user))
-        return super().auditlog_history_view(request, object_id, extra_context)
+from clinical.records_admin import MedicalRecordInline
 
 
 class CatalogAdmin(admin.ModelAdmin):
@@ -423,6 +406,7 @@ class PatientAdmin(CaretrailAdmin):
         PatientEmailInline,
         PatientPhoneInline,
         PatientAddressInline,
+        MedicalRecordInline,
     ]
 
     # Access --------------------------------------------------------------------------

@@ -104,3 +104,27 @@ def record_access_record(
             "records": shown,
         },
     )
+
+
+def record_list_access_record(
+    *, user: Any, records: Iterable[MedicalRecord], purpose: str, view: str, remote_addr: str | None = None
+) -> LogEntry:
+    """One ACCESS entry for a page of records that may span patients (the admin's record list)."""
+    rows = list(records)
+    return LogEntry.objects.create(
+        content_type=ContentType.objects.get_for_model(MedicalRecord),
+        object_pk="",
+        object_id=None,
+        object_repr=f"{view}: {len(rows)} record(s)",
+        action=LogEntry.Action.ACCESS,
+        changes=None,
+        actor=user if getattr(user, "is_authenticated", False) else None,
+        remote_addr=remote_addr,
+        additional_data={
+            "purpose_of_use": purpose,
+            "break_glass": False,
+            "view": view,
+            "records": [str(record.uuid) for record in rows],
+            "patients": list(dict.fromkeys(str(record.patient.uuid) for record in rows)),
+        },
+    )

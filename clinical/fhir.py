@@ -914,3 +914,90 @@ def _date(value: dt.date) -> str:
     if isinstance(value, dt.datetime) or not isinstance(value, dt.date):
         raise ValueError("expected a date, not a datetime")
     return value.isoformat()
+
+
+# --- A human-readable summary (admin pages) -----------------------------------------
+
+
+def _concept_text(concept: Any) -> str | None:
+    """A CodeableConcept as a person reads it: its text, else the first coding's display, else system|code."""
+    if not isinstance(concept, Mapping):
+        return None
+    if isinstance(concept.get("text"), str):
+        return str(concept["text"])
+    for coding in concept.get("coding") or []:
+        if isinstance(coding, Mapping) and isinstance(coding.get("display"), str):
+            return str(coding["display"])
+    for coding in concept.get("coding") or []:
+        if isinstance(coding, Mapping) and coding.get("code"):
+            alias = _ALIAS_BY_URI.get(str(coding.get("system")))
+            return f"{alias} {coding['code']}" if alias else str(coding["code"])
+    return None
+
+
+def _quantity_text(node: Any) -> str | None:
+    if not isinstance(node, Mapping) or node.get("value") is None:
+        return None
+    unit = node.get("unit") or node.get("code") or ""
+    comparator = node.get("comparator") or ""
+    value = node["value"]
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{comparator}{shown} {unit}".strip()
+
+
+def summarize(payload: Any) -> list[tuple[str, str]]:
+    """Label and value lines that tell a clinician what a record says, without reading its JSON.
+
+    Covers the elements staff look for first (what, value, when, status, by
+    whom); anything else stays in the payload. Never raises on odd input.
+    """
+    if not isinstance(payload, Mapping):
+        return []
+    resource_type = str(payload.get("resourceType", ""))
+    lines: list[tuple[str, str]] = [("Resource", resource_type)]
+    what = None
+    for path in CODE_ELEMENTS.get(resource_type, ()):
+        for element in _walk(payload, path):
+            what = _concept_text(element)
+            if what:
+                break
+        if what:
+            break
+    if resource_type == "MedicationRequest" and not what:
+        for element in _contained_medication_codes(payload):
+            what = _concept_text(element)
+    if what:
+        lines.append(("What", what))
+    value = _quantity_text(payload.get("valueQuantity"))
+    if value is None and isinstance(payload.get("valueCodeableConcept"), Mapping):
+        value = _concept_text(payload["valueCodeableConcept"])
+    if value is None and isinstance(payload.get("valueString"), str):
+        value = payload["valueString"]
+    if value:
+        lines.append(("Value", value))
+    for component in payload.get("component") or []:
+        if isinstance(component, Mapping):
+            label = _concept_text(component.get("code")) or "Component"
+            shown = _quantity_text(component.get("valueQuantity"))
+            if shown:
+                lines.append((label, shown))
+    numeric = quantity(payload)
+    if numeric and (numeric.low is not None or numeric.high is not None):
+        low = "" if numeric.low is None else f"{numeric.low:g}"
+        high = "" if numeric.high is None else f"{numeric.high:g}"
+        lines.append(("Reference range", f"{low}–{high} {numeric.unit or ''}".strip()))
+    for label, key in (("Status", "status"), ("Clinical status", "clinicalStatus"), ("Criticality", "criticality")):
+        node = payload.get(key)
+        text = node if isinstance(node, str) else _concept_text(node)
+        if text:
+            lines.append((label, text))
+    effective = _effective(resource_type, payload)
+    if effective:
+        lines.append(("Date", effective))
+    dosage = payload.get("dosageInstruction")
+    if isinstance(dosage, list) and dosage and isinstance(dosage[0], Mapping) and dosage[0].get("text"):
+        lines.append(("Dosage", str(dosage[0]["text"])))
+    for note in payload.get("note") or []:
+        if isinstance(note, Mapping) and isinstance(note.get("text"), str):
+            lines.append(("Note", note["text"]))
+    return lines

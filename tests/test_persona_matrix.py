@@ -45,6 +45,7 @@ from clinical.models import (
     InstitutionMembership,
     InstitutionType,
     MedicalCondition,
+    MedicalRecord,
     Medication,
     Patient,
     PatientAllergy,
@@ -214,24 +215,24 @@ CHANGES_P = frozenset(row[0] for row in PATIENT_API_MATRIX if row[3] == 200)
 # otherwise the status or redirect.
 # Columns: persona, patient change list, P's change page, P's history page, patient autocomplete,
 # break-the-glass page, membership change list, grant change list, break-the-glass review queue,
-# role matrix.
+# role matrix, the page of P's medical record R.
 ADMIN_MATRIX = [
-    ("primary_doctor", True, 200, 200, True, 200, 403, 403, 403, 403),
-    ("nurse_a", True, 200, 200, True, 200, 403, 403, 403, 403),
-    ("doctor_b", False, TO_INDEX, TO_INDEX, False, 200, 403, 403, 403, 403),
-    ("inst_admin_a", True, 200, 200, True, 403, {"A"}, {"P"}, {"P"}, 403),
-    ("care_team", True, 200, 200, True, 200, 403, 403, 403, 403),
-    ("expired_care_team", False, TO_INDEX, TO_INDEX, False, 200, 403, 403, 403, 403),
-    ("break_glass", True, 200, 200, True, 200, 403, 403, 403, 403),
-    ("expired_break_glass", False, TO_INDEX, TO_INDEX, False, 200, 403, 403, 403, 403),
-    ("ended_membership", False, TO_INDEX, TO_INDEX, False, 200, 403, 403, 403, 403),
-    ("no_mfa", *[TO_MFA] * 9),
-    ("patient_p", *[TO_LOGIN] * 9),
-    ("patient_q", *[TO_LOGIN] * 9),
-    ("cms_admin", 403, 403, TO_INDEX, 403, 403, 403, 403, 403, 403),
-    ("cms_editor", 403, 403, TO_INDEX, 403, 403, 403, 403, 403, 403),
-    ("superuser", True, 200, 200, True, 200, {"A", "B"}, {"P", "Q"}, {"P", "Q"}, 200),
-    ("anonymous", *[TO_LOGIN] * 9),
+    ("primary_doctor", True, 200, 200, True, 200, 403, 403, 403, 403, 200),
+    ("nurse_a", True, 200, 200, True, 200, 403, 403, 403, 403, 200),
+    ("doctor_b", False, TO_INDEX, TO_INDEX, False, 200, 403, 403, 403, 403, TO_INDEX),
+    ("inst_admin_a", True, 200, 200, True, 403, {"A"}, {"P"}, {"P"}, 403, 200),
+    ("care_team", True, 200, 200, True, 200, 403, 403, 403, 403, 200),
+    ("expired_care_team", False, TO_INDEX, TO_INDEX, False, 200, 403, 403, 403, 403, TO_INDEX),
+    ("break_glass", True, 200, 200, True, 200, 403, 403, 403, 403, 200),
+    ("expired_break_glass", False, TO_INDEX, TO_INDEX, False, 200, 403, 403, 403, 403, TO_INDEX),
+    ("ended_membership", False, TO_INDEX, TO_INDEX, False, 200, 403, 403, 403, 403, TO_INDEX),
+    ("no_mfa", *[TO_MFA] * 10),
+    ("patient_p", *[TO_LOGIN] * 10),
+    ("patient_q", *[TO_LOGIN] * 10),
+    ("cms_admin", 403, 403, TO_INDEX, 403, 403, 403, 403, 403, 403, 403),
+    ("cms_editor", 403, 403, TO_INDEX, 403, 403, 403, 403, 403, 403, 403),
+    ("superuser", True, 200, 200, True, 200, {"A", "B"}, {"P", "Q"}, {"P", "Q"}, 200, 200),
+    ("anonymous", *[TO_LOGIN] * 10),
 ]
 ADMIN_COLUMNS = (
     "patient_changelist",
@@ -243,6 +244,7 @@ ADMIN_COLUMNS = (
     "grant_changelist",
     "review_changelist",
     "role_matrix",
+    "record_change",
 )
 
 # Every model registered in the admin, with the lookup from its rows to their patient
@@ -271,6 +273,7 @@ COVERED_ADMIN_MODELS: dict[str, str | None] = {
     "clinical.InstitutionType": None,
     "clinical.MedicalCondition": None,
     "clinical.MedicalInstitution": None,
+    "clinical.MedicalRecord": "patient",
     "clinical.Medication": None,
     "clinical.Patient": "pk",
     "clinical.PatientAllergy": "patient",
@@ -739,7 +742,7 @@ def check_record_call(world, persona, response, expected):
     assert _status(response) == expected, response.content
     if expected in (200, 201):
         body = response.json()
-        rows = body["results"] if "results" in body else [body]
+        rows = body.get("results", [body])
         if persona == "patient_q" and "results" in body:
             assert rows == []
             return
@@ -905,6 +908,10 @@ ADMIN_PAGES: dict[str, Callable[[SimpleNamespace], tuple[str, dict[str, str]]]] 
     "grant_changelist": lambda w: (admin_url(PatientUserObjectPermission, "changelist"), {}),
     "review_changelist": lambda w: (admin_url(BreakGlassReview, "changelist"), {}),
     "role_matrix": lambda w: (reverse("admin:cms_role_matrix"), {}),
+    "record_change": lambda w: (
+        admin_url(MedicalRecord, "change", MedicalRecord.objects.get(uuid=w.p_record).pk),
+        {},
+    ),
 }
 assert tuple(ADMIN_PAGES) == ADMIN_COLUMNS
 

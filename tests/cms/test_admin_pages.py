@@ -15,9 +15,11 @@ from django.db import connection
 from django.forms import MultiWidget
 from django.test import Client, RequestFactory
 from django.urls import reverse
+from django.utils import timezone
 
 from accounts.services import api_token_create
 from clinical import services
+from clinical.fhir import build_vital_signs
 from clinical.models import (
     Address,
     Country,
@@ -141,6 +143,14 @@ def admin_data(ref, roles, superuser, institution, doctor, make_user):
     emergency_doctor.groups.add(Group.objects.get(name="Doctor"))
     services.break_glass_open(user=emergency_doctor, patient=patient, reason="Unconscious in the emergency room")
     SystemSetting.objects.create(key="portal-banner", value={"text": "Welcome"})
+    services.record_create(
+        patient=patient,
+        record_type="vital_signs",
+        payload=build_vital_signs(
+            kind="8867-4", value=64, effective=timezone.now(), patient_reference=f"Patient/{patient.uuid}"
+        ),
+        author=doctor.user,
+    )
     AccessAttempt.objects.create(
         username="someone@example.org",
         ip_address="127.0.0.1",
@@ -388,7 +398,9 @@ def test_change_page_round_trip_keeps_the_patient_and_everything_inline(admin_da
         "emails",
         "phones",
         "addresses",
+        "records",  # read only: saving the patient leaves records alone
     }
+    assert "Heart rate" in page.content.decode()  # the record's summary, decrypted
 
     data = change_form_data(page)
     data["first_name"] = "Grace Brewster"
@@ -405,6 +417,7 @@ def test_change_page_round_trip_keeps_the_patient_and_everything_inline(admin_da
     assert (profile.height_cm, profile.weight_kg) == (Decimal("170.0"), Decimal("65.00"))
     assert patient.conditions.count() == patient.medications.count() == patient.allergies.count() == 1
     assert patient.emails.count() == patient.phones.count() == Address.objects.filter(patient=patient).count() == 1
+    assert patient.records.count() == 1
 
 
 def test_changing_the_doctor_to_one_at_another_institution_transfers_the_patient(
