@@ -5,7 +5,9 @@ The bulk path builds rows in Python, runs each model's field validation
 the database constraints and triggers still check every row. Demo users share
 one precomputed password hash, so 10,000 patients do not cost 10,000 hashes.
 Bulk inserts are not seen by auditlog (it listens to ``save()``): seeding is
-an operator action, not a clinical change.
+an operator action, not a clinical change. Medical records are the exception
+to "bulk means unchecked": each payload is validated as FHIR and every record
+is appended to the integrity ledger (``clinical.demo_records``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from django.utils import timezone
 from faker import Faker
 
 from accounts.fields import encrypted_field_names
+from clinical import ledger
 from clinical import models as m
+from clinical.demo_records import DemoRecords
 from clinical.models.catalogs import SNOMED_CT
 
 User = get_user_model()
@@ -93,6 +97,7 @@ class Counts:
     conditions: int = 0
     medications: int = 0
     allergies: int = 0
+    records: int = 0
 
 
 def ascii_slug(text: str) -> str:
@@ -137,6 +142,7 @@ class DemoBuilder:
             faker.seed_instance(seed + offset)
         self.password_hash = password_hash
         self.today = timezone.localdate()
+        self.records = DemoRecords(self.rng, self.today)
         self.serial = self.rng.randrange(10**6)
         self.sexes = {s.code: s for s in m.Sex.objects.all()}
         self.genders = list(m.Gender.objects.all())
@@ -313,7 +319,16 @@ class DemoBuilder:
                 )
         return conditions, medications, allergies
 
-    def patients(self, doctors: list[m.Doctor], total: int, counts: Counts, tick: Callable[[int], None]) -> None:
+    def patients(
+        self,
+        doctors: list[m.Doctor],
+        total: int,
+        counts: Counts,
+        tick: Callable[[int], None],
+        *,
+        records: bool = True,
+    ) -> None:
+        """Add ``total`` patients with their profiles, lists and (with ``records``) medical records."""
         next_mrn = {
             inst.pk: inst.next_mrn
             for inst in m.MedicalInstitution.objects.filter(pk__in={d.institution_id for d in doctors})
@@ -363,7 +378,7 @@ class DemoBuilder:
                 ):
                     patients[index].user = user
                 bulk_insert(m.Patient, patients)
-                profiles, conditions, medications, allergies, phones = [], [], [], [], []
+                profiles, conditions, medications, allergies, phones, chart = [], [], [], [], [], []
                 for patient in patients:
                     country = inst_country[patient.institution_id]
                     profiles.append(self._profile(patient, country))
@@ -371,6 +386,8 @@ class DemoBuilder:
                     conditions += c
                     medications += md
                     allergies += a
+                    if records:
+                        chart += self.records.for_patient(patient, c, md, a)
                     if self.rng.random() < 0.8:
                         phones.append(
                             m.Phone(
@@ -385,6 +402,8 @@ class DemoBuilder:
                 bulk_insert(m.PatientMedication, medications)
                 bulk_insert(m.PatientAllergy, allergies)
                 bulk_insert(m.Phone, phones)
+                ledger.append_many(bulk_insert(m.MedicalRecord, chart))
+                counts.records += len(chart)
                 counts.patients += len(patients)
                 counts.conditions += len(conditions)
                 counts.medications += len(medications)

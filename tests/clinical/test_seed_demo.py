@@ -5,16 +5,20 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import transaction
 
+from clinical import fhir
 from clinical.demo import seed_population
 from clinical.models import (
     Doctor,
     HealthProfile,
     InstitutionMembership,
+    LedgerEntry,
     MedicalInstitution,
+    MedicalRecord,
     Patient,
     PatientAllergy,
     PatientCondition,
     PatientMedication,
+    RecordType,
 )
 
 pytestmark = pytest.mark.django_db
@@ -43,6 +47,22 @@ def test_seed_population_creates_a_realistic_directory():
     assert InstitutionMembership.objects.active().filter(user_id__in=doctor_users, role="doctor").count() == len(
         doctor_users
     )
+
+
+def test_seeded_records_cover_every_type_validate_and_pass_the_integrity_check():
+    counts = seed_population(patients=60, seed=5, password_hash="!")
+    assert MedicalRecord.objects.count() == counts.records >= 60  # every patient has at least vital signs
+    assert set(MedicalRecord.objects.values_list("record_type", flat=True)) == set(RecordType.values)
+    assert not Patient.objects.filter(records__isnull=True).exists()
+    for record in MedicalRecord.objects.all():
+        fhir.validate(record.record_type, record.payload)
+        assert record.payload["subject" if "subject" in record.payload else "patient"]["reference"].endswith(
+            str(record.patient.uuid)
+        )
+    assert LedgerEntry.objects.count() == counts.records
+    out = io.StringIO()
+    call_command("verify_integrity", no_progress=True, stdout=out)
+    assert "Integrity verified" in out.getvalue()
 
 
 def test_the_same_seed_gives_the_same_patients():

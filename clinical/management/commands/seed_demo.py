@@ -73,7 +73,8 @@ class Command(BaseCommand):
                 self.style.SUCCESS(
                     f"Added {counts.institutions} institutions, {counts.doctors} doctors, "
                     f"{counts.nurses} nurses, {counts.patients} patients, {counts.conditions} conditions, "
-                    f"{counts.medications} medications, {counts.allergies} allergies "
+                    f"{counts.medications} medications, {counts.allergies} allergies, "
+                    f"{counts.records} medical records "
                     f"in {time.monotonic() - started:.1f} s."
                 )
             )
