@@ -23,5 +23,17 @@ class ClinicalConfig(AppConfig):
             m.Address,
         ):
             audit_register(model)
-        # Codes and dates in record_metadata are PHI: kept out of audit diffs like the payload.
-        audit_register(m.MedicalRecord, exclude_fields=["record_metadata"])
+        # What a record says is PHI: its codes, dates, interpretation and scales stay out of
+        # audit diffs like the payload (masked as encrypted). superseded_by is a reverse
+        # relation the diff would read with one more query per write.
+        audit_register(
+            m.MedicalRecord,
+            exclude_fields=[
+                "record_metadata",
+                "effective_date",
+                "interpretation",
+                "severity",
+                "confidence",
+                "superseded_by",
+            ],
+        )

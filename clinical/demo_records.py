@@ -18,6 +18,7 @@ from typing import Any
 from clinical import fhir
 from clinical import models as m
 from clinical.canonical import sha256_hex
+from clinical.services import record_searched_metadata
 
 RecordSpec = tuple[str, dict[str, Any], dict[str, Any]]  # record type, payload, extra model fields
 
@@ -241,7 +242,7 @@ class DemoRecords:
 
     def _record(self, patient: m.Patient, record_type: str, payload: dict[str, Any], extra: dict[str, Any]) -> Any:
         validated = fhir.validate(record_type, payload)
-        metadata = validated.metadata
+        metadata, interpretation = record_searched_metadata(validated)
         effective = metadata.get("effective")
         author = patient.doctor.user
         source = extra.get("source", m.RecordSource.MANUAL)
@@ -257,7 +258,7 @@ class DemoRecords:
             source=source,
             severity=extra.get("severity"),
             confidence=Decimal("0.90") if source != m.RecordSource.MANUAL else None,
-            interpretation=metadata.get("interpretation"),
+            interpretation=interpretation,
             author=author if source == m.RecordSource.MANUAL else None,
             institution_id=patient.institution_id,
             verified_by=author if verified else None,

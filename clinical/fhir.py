@@ -615,9 +615,26 @@ def _parse(resource_type: str, payload: Mapping[str, Any]) -> FHIRAbstractModel:
     try:
         return model.model_validate(dict(payload))
     except ValidationError as exc:
-        raise FhirValidationError(_pydantic_errors(resource_type, exc)) from None
+        # fhir_core checks required elements after the fields parse, so a field error
+        # hides them; report the resource's own missing ones too, so that one 400 names all.
+        errors = _pydantic_errors(resource_type, exc)
+        errors += [error for error in _missing_required(model, resource_type, payload) if error not in errors]
+        raise FhirValidationError(errors) from None
     except (ValueError, TypeError) as exc:  # fhir_core raises a few of these outside pydantic
         raise FhirValidationError([_error(resource_type, _clean_message(str(exc)))]) from None
+
+
+def _missing_required(model: type[FHIRAbstractModel], resource_type: str, payload: Mapping[str, Any]) -> ErrorList:
+    """Top-level elements the resource must carry (``element_required``) that the payload lacks."""
+    errors: ErrorList = []
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra
+        if not (isinstance(extra, dict) and extra.get("element_required")):
+            continue
+        alias = field.alias or name
+        if payload.get(alias) is None and payload.get(f"_{alias}") is None:
+            errors.append(_error(f"{resource_type}.{alias}", "required element is missing"))
+    return errors
 
 
 def _pydantic_errors(resource_type: str, exc: ValidationError) -> ErrorList:

@@ -15,7 +15,10 @@ record's plaintext hash against its own ``data_hash`` and the ledger's, records
 missing from the ledger (inserted behind the application's back), ledger
 versions whose record is gone without a tombstone (deleted outside policy),
 and the published checkpoints. Problems come in chain order, so the first one
-is the first broken link.
+is the first broken link; a record with no entry at all has no place in the
+chain and is reported after it. The whole check reads one snapshot, so a
+record committed while it runs is not taken for one written behind the
+application's back.
 
 Publishing the head elsewhere is pluggable: ``LEDGER_HEAD_PUBLISHER`` names a
 callable ``(seq, entry_hash) -> (published_to, receipt)``; the default records
@@ -40,6 +43,8 @@ from clinical.canonical import sha256_hex
 from clinical.models import LedgerCheckpoint, LedgerEntry, LedgerEntryKind, MedicalRecord
 
 GENESIS_HASH = "0" * 64
+# Where a problem with no place in the chain (a record without any ledger entry) sorts: after every entry.
+AFTER_CHAIN = 2**63 - 1
 # pg_advisory_xact_lock key: "CTLEDGER" read as a 64-bit integer, unlikely to meet another lock.
 LEDGER_LOCK = int.from_bytes(b"CTLEDGER", "big") - 2**63
 
@@ -164,7 +169,7 @@ class Problem:
 
     where: str
     what: str
-    seq: int  # the chain position it is reported at, for ordering (0: before the chain)
+    seq: int  # the chain position it is reported at, for ordering (AFTER_CHAIN: no position)
 
     def __str__(self) -> str:
         return f"{self.where}: {self.what}"
@@ -191,7 +196,23 @@ def _chunked(queryset: Any, size: int) -> Iterator[Any]:
 
 
 def verify(*, chunk_size: int = 2000, progress: Callable[[str, int], None] | None = None) -> Report:
-    """Recompute the chain and every record's hash. Reads only; safe on a live database."""
+    """Recompute the chain and every record's hash. Reads only; safe on a live database.
+
+    The ledger and the records are read in two passes. Outside a transaction
+    each pass would see the database as of its own start, and a record
+    committed between them would look like one inserted without a ledger
+    entry; so the check runs in one read-only REPEATABLE READ transaction. (A
+    caller already inside a transaction keeps its own isolation level.)
+    """
+    if connection.in_atomic_block:
+        return _verify(chunk_size=chunk_size, progress=progress)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return _verify(chunk_size=chunk_size, progress=progress)
+
+
+def _verify(*, chunk_size: int, progress: Callable[[str, int], None] | None) -> Report:
     report = Report(problems=[])
     problems: list[Problem] = []
     # (record uuid, version) -> (data hash, seq) of the entry that wrote that version.
@@ -230,7 +251,7 @@ def verify(*, chunk_size: int = 2000, progress: Callable[[str, int], None] | Non
         seen.add(key)
         where = f"record {record.uuid} v{record.version}"
         written = versions.get(key)
-        at = written[1] if written else 0
+        at = written[1] if written else AFTER_CHAIN
         try:
             plaintext_hash = sha256_hex(record.payload)
         except DecryptionError:
@@ -239,7 +260,8 @@ def verify(*, chunk_size: int = 2000, progress: Callable[[str, int], None] | Non
         if plaintext_hash is not None and plaintext_hash != record.data_hash:
             problems.append(Problem(where, "payload does not match its data_hash (payload altered)", at))
         if written is None:
-            problems.append(Problem(where, "has no ledger entry (written outside the application)", 0))
+            what = "has no ledger entry (written outside the application, or its entry was removed)"
+            problems.append(Problem(where, what, AFTER_CHAIN))
         elif written[0] != record.data_hash:
             problems.append(Problem(where, f"data_hash differs from ledger #{written[1]} (hash altered)", at))
         if progress is not None:

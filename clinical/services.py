@@ -500,6 +500,18 @@ def _validated(record_type: str, payload: Any) -> ValidatedResource:
         raise PayloadInvalid(exc.errors) from exc
 
 
+# What a record keeps in plain, indexed JSONB: what it is searched by. Measured
+# values and ranges (fhir metadata's "quantity") stay in the encrypted payload;
+# the interpretation has its own column.
+SEARCHED_METADATA = ("resource_type", "codings", "systems", "categories", "effective")
+
+
+def record_searched_metadata(validated: ValidatedResource) -> tuple[dict[str, Any], str | None]:
+    """The metadata a record stores in the clear, and its interpretation (lab results and vital signs)."""
+    metadata = validated.metadata
+    return {key: metadata.get(key) for key in SEARCHED_METADATA}, metadata.get("interpretation")
+
+
 def _effective_date(metadata: Mapping[str, Any]) -> datetime.date | None:
     effective = metadata.get("effective")
     if not effective:
@@ -535,7 +547,7 @@ def _new_record(
     _check_scales(severity, confidence)
     if source not in RecordSource.values:
         raise ValidationError({"source": f"Must be one of: {', '.join(RecordSource.values)}."})
-    metadata = validated.metadata
+    metadata, interpretation = record_searched_metadata(validated)
     return MedicalRecord(
         patient=patient,
         record_type=record_type,
@@ -547,9 +559,9 @@ def _new_record(
         source=source,
         severity=severity,
         confidence=confidence,
-        interpretation=metadata.get("interpretation"),
+        interpretation=interpretation,
         author=author,
-        institution=institution if institution is not None else patient.institution,
+        institution_id=institution.pk if institution is not None else patient.institution_id,
     )
 
 
