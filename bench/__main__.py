@@ -2,6 +2,7 @@
 
     python -m bench seed [--patients 10000] [--rounds 1]
     python -m bench access [--small 2000] [--large 200000]
+    python -m bench records [--writes 500] [--warm-up 50] [--records 200] [--profile]
 
 Uses the test settings (DATABASE_URL or the embedded PostgreSQL), creates a
 fresh database, migrates it, loads the reference data, measures, and drops it.
@@ -44,7 +45,8 @@ def bench_seed(patients: int, rounds: int) -> None:
         timings.append(time.perf_counter() - started)
         print(
             f"round {round_no + 1}: {counts.patients} patients, {counts.conditions} conditions, "
-            f"{counts.medications} medications, {counts.allergies} allergies in {timings[-1]:.1f} s"
+            f"{counts.medications} medications, {counts.allergies} allergies, {counts.records} records "
+            f"in {timings[-1]:.1f} s"
         )
     median = statistics.median(timings)
     target = 90.0 * patients / 10_000
@@ -62,6 +64,13 @@ def main(argv: list[str]) -> int:
     access = sub.add_parser("access", help="the doctor's patient list at 2,000 and 200,000 patients")
     access.add_argument("--small", type=int, default=2_000)
     access.add_argument("--large", type=int, default=200_000)
+    records = sub.add_parser(
+        "records", help="record writes and a page of 50 decrypted records, each against plain JSONB storage"
+    )
+    records.add_argument("--writes", type=int, default=500, help="timed writes of each kind")
+    records.add_argument("--warm-up", type=int, default=50, help="untimed writes of each kind first")
+    records.add_argument("--records", type=int, default=200, help="records of the patient whose page is read")
+    records.add_argument("--profile", action="store_true", help="also cProfile the write path and the read path")
     args = parser.parse_args(argv)
 
     connection, name = setup_database()
@@ -72,6 +81,10 @@ def main(argv: list[str]) -> int:
             from bench.access import run
 
             run(args.small, args.large)
+        elif args.name == "records":
+            from bench.records import run as run_records
+
+            run_records(writes=args.writes, warm_up=args.warm_up, records=args.records, profile=args.profile)
     finally:
         connection.creation.destroy_test_db(name, verbosity=0)  # type: ignore[attr-defined]
     return 0

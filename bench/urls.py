@@ -1,15 +1,20 @@
-"""The real URLs plus two comparison views used only by the access benchmark."""
+"""The real URLs plus comparison views used only by the benchmarks (``bench.access``, ``bench.records``)."""
 
 from typing import Any
 
 from django.db.models import QuerySet
 from django.urls import path
 from guardian.shortcuts import get_objects_for_user
-from rest_framework import generics
+from rest_framework import generics, serializers
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
 
-from clinical.api.serializers import PatientSerializer
-from clinical.models import Patient
+from bench.records import PlainRecord
+from clinical.api.serializers import PatientSerializer, RecordSerializer
+from clinical.api.views import RecordPagination
+from clinical.models import MedicalRecord, Patient
+from clinical.selectors import record_list
 from config.pagination import KeysetPagination
 from config.urls import urlpatterns as real_urlpatterns
 
@@ -41,8 +46,59 @@ class StockGuardianPatientList(generics.ListAPIView[Patient]):
         return visible.select_related("institution", "doctor__user", "sex", "gender").order_by("created_at", "id")
 
 
+class PlainRecordSerializer(serializers.ModelSerializer[PlainRecord]):
+    """``RecordSerializer``'s fields, read from plain columns (no decryption, no ledger subquery)."""
+
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    patient = serializers.UUIDField(source="patient.uuid", read_only=True)
+    payload = serializers.JSONField(read_only=True)
+    metadata = serializers.JSONField(source="record_metadata", read_only=True)
+    ledger_entry = serializers.UUIDField(source="ledger_entry_uuid", read_only=True, allow_null=True)
+    supersedes = serializers.UUIDField(source="supersedes_uuid", read_only=True, allow_null=True)
+    author = serializers.SerializerMethodField()
+    verified_by = serializers.SerializerMethodField()
+    institution = serializers.UUIDField(source="institution.uuid", read_only=True, allow_null=True)
+
+    class Meta:
+        model = PlainRecord
+        fields = RecordSerializer.Meta.fields
+        read_only_fields = fields
+
+    def get_author(self, record: PlainRecord) -> str | None:
+        return record.author.get_full_name() or None if record.author_id else None
+
+    def get_verified_by(self, record: PlainRecord) -> str | None:
+        return record.verified_by.get_full_name() or None if record.verified_by_id else None
+
+
+class PlainRecordList(generics.ListAPIView[PlainRecord]):
+    """A patient's page of records stored unencrypted: no policy, no audit, same serializer shape and pages."""
+
+    serializer_class = PlainRecordSerializer
+    pagination_class = RecordPagination
+
+    def get_queryset(self) -> QuerySet[PlainRecord]:
+        return PlainRecord.objects.filter(patient__uuid=self.kwargs["uuid"], status="current").select_related(
+            "patient", "institution", "author", "verified_by"
+        )
+
+
+class UnauditedRecordList(generics.GenericAPIView[MedicalRecord]):
+    """The record list API's query, decryption and serializer, without the access policy and the audit entry."""
+
+    serializer_class = RecordSerializer
+    pagination_class = RecordPagination
+
+    def get(self, request: Request, uuid: Any) -> Response:
+        patient = Patient.objects.get(uuid=uuid)
+        page = self.paginate_queryset(record_list(patient=patient)) or []
+        return self.get_paginated_response(RecordSerializer(page, many=True).data)
+
+
 urlpatterns = [
     *real_urlpatterns,
     path("bench/unfiltered/", UnfilteredPatientList.as_view()),
     path("bench/guardian/", StockGuardianPatientList.as_view()),
+    path("bench/plain-records/<uuid:uuid>/", PlainRecordList.as_view()),
+    path("bench/records-unaudited/<uuid:uuid>/", UnauditedRecordList.as_view()),
 ]
