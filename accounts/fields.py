@@ -56,9 +56,13 @@ class _EncryptedAttribute(DeferredAttribute):
         if isinstance(value, Sealed):
             field: EncryptedMixin = self.field  # type: ignore[assignment]
             bound_to = loaded_row_id(instance)
-            plaintext = field.open_token(instance, value, row_id=bound_to)
+            raw = keyring().open(value, field._aad(instance, bound_to))
+            plaintext = field.decode(raw)
             instance.__dict__[self.field.attname] = plaintext
-            instance.__dict__[field.cache_name] = (field.fingerprint(plaintext), str(value), bound_to)
+            # The opened bytes are what ``encode`` made of the value when it was sealed, so
+            # they are its fingerprint: no second encoding on every read. (Bytes from
+            # another encoder only cost a needless re-seal at the next save.)
+            instance.__dict__[field.cache_name] = (raw.decode("utf-8"), str(value), bound_to)
             value = plaintext
         return value
 

@@ -155,14 +155,18 @@ def scope_of(user: Any, kind: str) -> Scope:
     )
 
 
-def _patients(user: Any, kind: str) -> QuerySet[Patient]:
-    scope = scope_of(user, kind)
+def patients_in(scope: Scope) -> QuerySet[Patient]:
+    """The patients a scope reaches (for a caller that already read the scope, to read it once per request)."""
     if scope.everything:
         return Patient.objects.all()
     condition = scope.condition()
     if condition is None:
         return Patient.objects.none()
     return Patient.objects.filter(condition)
+
+
+def _patients(user: Any, kind: str) -> QuerySet[Patient]:
+    return patients_in(scope_of(user, kind))
 
 
 def patients_visible_to(user: Any) -> QuerySet[Patient]:
@@ -191,9 +195,12 @@ def can_change_patient(user: Any, patient: Patient) -> bool:
     return patients_changeable_by(user).filter(pk=patient.pk).exists()
 
 
-def is_break_glass_access(user: Any, patient: Patient) -> bool:
-    """True when only an active break-the-glass grant lets ``user`` see ``patient``."""
-    scope = scope_of(user, VIEW)
+def is_break_glass_access(user: Any, patient: Patient, scope: Scope | None = None) -> bool:
+    """True when only an active break-the-glass grant lets ``user`` see ``patient``.
+
+    ``scope``: the user's view scope if the caller already read it this request.
+    """
+    scope = scope if scope is not None else scope_of(user, VIEW)
     if scope.everything or patient.pk not in scope.granted_ids or patient.pk in scope.care_team_ids:
         return False
     other_routes = scope.condition(break_glass=False)

@@ -39,9 +39,11 @@ def purpose_for(user: Any, requested: str | None = None) -> str:
     return PATIENT_REQUEST if not getattr(user, "is_staff", False) else TREATMENT
 
 
-def patient_access_record(*, user: Any, patient: Patient, purpose: str, remote_addr: str | None = None) -> LogEntry:
-    """One ACCESS entry for a detail read of ``patient``."""
-    break_glass = access.is_break_glass_access(user, patient)
+def patient_access_record(
+    *, user: Any, patient: Patient, purpose: str, remote_addr: str | None = None, scope: access.Scope | None = None
+) -> LogEntry:
+    """One ACCESS entry for a detail read of ``patient`` (``scope``: the reader's, if already read)."""
+    break_glass = access.is_break_glass_access(user, patient, scope)
     entry: LogEntry = LogEntry.objects.log_create(
         patient,
         force_log=True,
@@ -83,10 +85,11 @@ def record_access_record(
     purpose: str,
     view: str,
     remote_addr: str | None = None,
+    scope: access.Scope | None = None,
 ) -> LogEntry:
     """One ACCESS entry for a read of ``patient``'s medical records (a list page or one record)."""
     shown = [str(record.uuid) for record in records]
-    break_glass = access.is_break_glass_access(user, patient)
+    break_glass = access.is_break_glass_access(user, patient, scope)
     return LogEntry.objects.create(
         content_type=ContentType.objects.get_for_model(MedicalRecord),
         object_pk=str(shown[0]) if len(shown) == 1 else "",

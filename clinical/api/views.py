@@ -31,7 +31,13 @@ from clinical.api.serializers import (
 from clinical.audit import patient_access_record, patient_list_access_record, purpose_for, record_access_record
 from clinical.fhir import SYSTEM_ALIASES, system_uri
 from clinical.models import MedicalRecord, Patient, RecordStatus, RecordType, ValidationStatus
-from clinical.selectors import patient_list, patient_page_parts, record_list, with_record_details
+from clinical.selectors import (
+    PATIENT_LIST_RELATED,
+    patient_list,
+    patient_page_parts,
+    record_list,
+    with_record_details,
+)
 from config.pagination import KeysetPagination
 
 PURPOSE_HEADER = "X-Purpose-Of-Use"
@@ -84,7 +90,9 @@ class PatientDetailView(APIView):
     """One patient. Staff with change access may PATCH it."""
 
     def get_object(self, uuid: str) -> Patient:
-        patient = patient_list(user=self.request.user).filter(uuid=uuid).first()
+        # The scope is read once and kept for the access entry's break-the-glass flag.
+        self.scope = access.scope_of(self.request.user, access.VIEW)
+        patient = access.patients_in(self.scope).select_related(*PATIENT_LIST_RELATED).filter(uuid=uuid).first()
         if patient is None:
             raise Http404
         return patient
@@ -93,7 +101,11 @@ class PatientDetailView(APIView):
     def get(self, request: Request, uuid: str) -> Response:
         patient = self.get_object(uuid)
         patient_access_record(
-            user=request.user, patient=patient, purpose=_purpose(request), remote_addr=_client_address(request)
+            user=request.user,
+            patient=patient,
+            purpose=_purpose(request),
+            remote_addr=_client_address(request),
+            scope=self.scope,
         )
         return Response(PatientDetailSerializer(patient).data)
 
@@ -185,8 +197,12 @@ RECORD_FILTER_PARAMETERS = [
 class PatientRecordsMixin:
     request: Request
 
+    scope: access.Scope | None = None
+
     def visible_patient(self, uuid: Any) -> Patient:
-        patient = access.patients_visible_to(self.request.user).filter(uuid=uuid).select_related("institution").first()
+        # The scope is read once and kept for the access entry's break-the-glass flag.
+        self.scope = access.scope_of(self.request.user, access.VIEW)
+        patient = access.patients_in(self.scope).filter(uuid=uuid).select_related("institution").first()
         if patient is None:
             raise Http404
         return patient
@@ -205,6 +221,7 @@ class PatientRecordsMixin:
             purpose=purpose or _purpose(self.request),
             view=view,
             remote_addr=_client_address(self.request),
+            scope=self.scope,
         )
 
 
@@ -305,7 +322,8 @@ class MyRecordListView(PatientRecordsMixin, generics.GenericAPIView[MedicalRecor
     pagination_class = RecordPagination
 
     def own_patient(self) -> Patient:
-        patient = patient_list(user=self.request.user).filter(user_id=self.request.user.pk).first()
+        self.scope = access.scope_of(self.request.user, access.VIEW)
+        patient = access.patients_in(self.scope).filter(user_id=self.request.user.pk).first()
         if patient is None:
             raise Http404("You have no patient record.")
         return patient
