@@ -80,10 +80,12 @@ def test_after_migrations_the_groups_match_the_matrix():
         assert group_permissions(role.name) == role.permissions()
 
 
-def test_the_data_migration_creates_the_groups_from_the_matrix():
+@pytest.mark.parametrize("name", ["0002_sync_roles", "0003_sync_roles_medical_records"])
+def test_the_data_migrations_create_the_groups_from_the_matrix(name):
     Group.objects.filter(name__in=ROLE_BY_NAME).delete()
-    migration = importlib.import_module("cms.migrations.0002_sync_roles")
-    migration.sync(django_apps, None)
+    migration = importlib.import_module(f"cms.migrations.{name}").Migration
+    (operation,) = migration.operations
+    operation.code(django_apps, None)
     assert "match" in sync_roles("--check")
 
 
