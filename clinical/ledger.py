@@ -6,9 +6,10 @@ writer's transaction::
     entry_hash = SHA-256(canonical JSON of {seq, record, version, kind, data_hash, prev_hash, created_at})
 
 where ``prev_hash`` is the previous entry's ``entry_hash`` (64 zeros for the
-first). Writers serialise on a transaction-level advisory lock, taken before
-the head is read, so two concurrent writers can never both extend the same
-head: the chain never forks, and ``seq`` has no gaps.
+first). One statement moves the head row (:class:`~clinical.models.LedgerHead`)
+and inserts the entry; the head's row lock serialises writers until they
+commit, so two concurrent writers can never both extend the same head: the
+chain never forks, and ``seq`` has no gaps.
 
 :func:`verify` recomputes everything: each entry's hash and link, each
 record's plaintext hash against its own ``data_hash`` and the ledger's, records
@@ -29,6 +30,7 @@ the head in :class:`~clinical.models.LedgerCheckpoint` only. The scheduled task
 from __future__ import annotations
 
 import datetime
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -39,14 +41,13 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from accounts.encryption import DecryptionError
+from clinical import schema
 from clinical.canonical import sha256_hex
-from clinical.models import LedgerCheckpoint, LedgerEntry, LedgerEntryKind, MedicalRecord
+from clinical.models import LedgerCheckpoint, LedgerEntry, LedgerEntryKind, LedgerHead, MedicalRecord
 
-GENESIS_HASH = "0" * 64
+GENESIS_HASH = schema.LEDGER_GENESIS_HASH
 # Where a problem with no place in the chain (a record without any ledger entry) sorts: after every entry.
 AFTER_CHAIN = 2**63 - 1
-# pg_advisory_xact_lock key: "CTLEDGER" read as a 64-bit integer, unlikely to meet another lock.
-LEDGER_LOCK = int.from_bytes(b"CTLEDGER", "big") - 2**63
 
 
 def entry_hash(
@@ -84,59 +85,110 @@ def _hash_of(entry: LedgerEntry) -> str:
     )
 
 
-def _lock_head() -> tuple[int, str]:
-    """Take the ledger lock for this transaction and read the head (two statements, in that order).
+# One statement, one round trip: move the head and insert the entry. The UPDATE
+# waits for a concurrent writer's row lock and then works on the head that writer
+# committed (READ COMMITTED re-reads an updated row), so no two entries extend the
+# same head. The entry hash is computed in SQL from the head it extends; the text
+# hashed is the RFC 8785 form of the entry (sorted keys, no spaces, these values
+# need no escaping), byte for byte what ``entry_hash`` hashes in Python.
+APPEND_SQL = """
+WITH head AS (
+    UPDATE clinical_ledgerhead
+    SET seq = seq + 1,
+        prev_hash = entry_hash,
+        entry_hash = encode(sha256(convert_to(
+            '{"created_at":"' || %(created)s || '","data_hash":"' || %(data_hash)s
+            || '","kind":"' || %(kind)s || '","prev_hash":"' || entry_hash
+            || '","record":"' || %(record)s || '","seq":' || (seq + 1)
+            || ',"version":' || %(version)s || '}', 'UTF8')), 'hex')
+    WHERE id = 1
+    RETURNING seq, prev_hash, entry_hash
+)
+INSERT INTO clinical_ledgerentry
+    (uuid, seq, record_id, record_uuid, version, kind, data_hash, prev_hash, entry_hash, created_at)
+SELECT %(uuid)s, head.seq, %(record_id)s, %(record_uuid)s, %(version)s, %(kind)s, %(data_hash)s,
+       head.prev_hash, head.entry_hash, %(created_at)s
+FROM head
+RETURNING id, seq, prev_hash, entry_hash
+"""
 
-    The head must be read by a statement that starts after the lock is held:
-    under READ COMMITTED each statement sees what was committed when it began.
-    """
+
+def _utc_text(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).isoformat()
+
+
+def _ensure_head() -> None:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LEDGER_LOCK])
-        cursor.execute("SELECT seq, entry_hash FROM clinical_ledgerentry ORDER BY seq DESC LIMIT 1")
-        row = cursor.fetchone()
-    return (row[0], row[1]) if row else (0, GENESIS_HASH)
-
-
-def _entry(record: MedicalRecord, kind: str, seq: int, prev_hash: str) -> LedgerEntry:
-    created_at = timezone.now()
-    entry = LedgerEntry(
-        seq=seq,
-        record_id=record.pk,
-        record_uuid=record.uuid,
-        version=record.version,
-        kind=kind,
-        data_hash=record.data_hash,
-        prev_hash=prev_hash,
-        created_at=created_at,
-    )
-    entry.entry_hash = _hash_of(entry)
-    return entry
+        cursor.execute(schema.ENSURE_LEDGER_HEAD)
 
 
 def append(record: MedicalRecord, kind: str = LedgerEntryKind.VERSION) -> LedgerEntry:
-    """Append one entry for ``record``; call inside the transaction that writes the record."""
+    """Append one entry for ``record``; call inside the transaction that writes the record.
+
+    One statement (two the first time, when the head row is created).
+    """
     if not connection.in_atomic_block:
         raise RuntimeError("ledger.append must run inside the record's transaction")
-    seq, head = _lock_head()
-    entry = _entry(record, kind, seq + 1, head)
-    entry.save(force_insert=True)
+    created_at = timezone.now()
+    entry = LedgerEntry(
+        uuid=uuid.uuid4(),
+        record_id=record.pk,
+        record_uuid=record.uuid,
+        version=record.version,
+        kind=str(kind),
+        data_hash=record.data_hash,
+        created_at=created_at,
+    )
+    params: dict[str, Any] = {
+        "uuid": entry.uuid,
+        "record_id": record.pk,
+        "record_uuid": record.uuid,
+        "record": str(record.uuid),
+        "version": int(record.version),
+        "kind": str(kind),
+        "data_hash": record.data_hash,
+        "created_at": created_at,
+        "created": _utc_text(created_at),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(APPEND_SQL, params)
+        row = cursor.fetchone()
+        if row is None:  # no head row yet
+            _ensure_head()
+            cursor.execute(APPEND_SQL, params)
+            row = cursor.fetchone()
+    entry.id, entry.seq, entry.prev_hash, entry.entry_hash = row
+    entry._state.adding = False
     return entry
 
 
 def append_many(records: list[MedicalRecord], kind: str = LedgerEntryKind.VERSION) -> list[LedgerEntry]:
-    """Append an entry for each of ``records`` in order, with one lock and one INSERT (bulk imports, seeding)."""
+    """Append an entry for each of ``records`` in order: lock the head once, one bulk INSERT (seeding, imports)."""
     if not connection.in_atomic_block:
         raise RuntimeError("ledger.append_many must run inside the records' transaction")
     if not records:
         return []
-    seq, head = _lock_head()
+    _ensure_head()
+    head = LedgerHead.objects.select_for_update().get(pk=1)
+    seq, prev = head.seq, head.entry_hash
     entries = []
     for record in records:
         seq += 1
-        entry = _entry(record, kind, seq, head)
-        head = entry.entry_hash
+        entry = LedgerEntry(
+            seq=seq,
+            record_id=record.pk,
+            record_uuid=record.uuid,
+            version=record.version,
+            kind=kind,
+            data_hash=record.data_hash,
+            prev_hash=prev,
+            created_at=timezone.now(),
+        )
+        entry.entry_hash = _hash_of(entry)
+        prev = entry.entry_hash
         entries.append(entry)
     LedgerEntry.objects.bulk_create(entries, batch_size=2000)
+    LedgerHead.objects.filter(pk=1).update(seq=seq, entry_hash=prev, prev_hash=entries[-1].prev_hash)
     return entries
 
 
@@ -272,6 +324,18 @@ def _verify(*, chunk_size: int, progress: Callable[[str, int], None] | None) -> 
             problems.append(
                 Problem(f"ledger #{seq}", f"record {record_key} v{version} is gone without a tombstone (deleted)", seq)
             )
+
+    # A head that disagrees with an intact chain means entries were cut from its end.
+    chain_intact = not problems
+    head = LedgerHead.objects.filter(pk=1).first()
+    if chain_intact and head is not None and (head.seq, head.entry_hash) != (expected - 1, prev):
+        problems.append(
+            Problem(
+                f"ledger #{head.seq}",
+                f"the head row (#{head.seq}) is not the last entry (#{expected - 1}) (head or chain altered)",
+                AFTER_CHAIN,
+            )
+        )
 
     for checkpoint in LedgerCheckpoint.objects.order_by("seq"):
         report.checkpoints += 1

@@ -181,3 +181,18 @@ DROP_LEDGER_APPEND_ONLY_TRIGGER = f"""
 DROP TRIGGER IF EXISTS {LEDGER_APPEND_ONLY} ON clinical_ledgerentry;
 DROP FUNCTION IF EXISTS {LEDGER_APPEND_ONLY}();
 """
+
+# The ledger's head row (clinical.ledger). ------------------------------------------
+LEDGER_GENESIS_HASH = "0" * 64
+# The head row, created from the entries when missing (a new database, or a test
+# database flushed between tests): a head that disappeared never restarts the chain.
+ENSURE_LEDGER_HEAD = f"""
+INSERT INTO clinical_ledgerhead (id, seq, entry_hash, prev_hash)
+SELECT 1, COALESCE(last.seq, 0),
+       COALESCE(last.entry_hash, '{LEDGER_GENESIS_HASH}'), COALESCE(last.prev_hash, '{LEDGER_GENESIS_HASH}')
+FROM (SELECT 1) one
+LEFT JOIN LATERAL (
+    SELECT seq, entry_hash, prev_hash FROM clinical_ledgerentry ORDER BY seq DESC LIMIT 1
+) last ON true
+ON CONFLICT (id) DO NOTHING
+"""

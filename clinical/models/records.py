@@ -193,6 +193,26 @@ class LedgerEntry(models.Model):
         return f"#{self.seq} {self.kind} {self.entry_hash[:12]}"
 
 
+class LedgerHead(models.Model):
+    """The chain's last link, in one row (``id`` 1). Writers extend the chain by updating it.
+
+    Not the source of truth: the entries are, and ``verify_integrity`` checks
+    the head against the last one. The row is what serialises writers: an
+    UPDATE waits for the row lock and then sees the committed head.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    seq = models.BigIntegerField(default=0)
+    entry_hash = models.CharField(max_length=64)
+    prev_hash = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="clinical_ledgerhead_single_row")]
+
+    def __str__(self) -> str:
+        return f"head #{self.seq}"
+
+
 class LedgerCheckpoint(models.Model):
     """The chain head as published at a moment (by the scheduled task or a custom publisher)."""
 

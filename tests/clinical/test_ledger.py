@@ -499,8 +499,9 @@ def test_a_chain_rewritten_after_a_published_checkpoint_is_named(chart):
     report = ledger.verify()
     failed = verify_fails()
 
-    # The rewritten chain is consistent in itself: only the published head gives it away.
-    assert [problem.where for problem in report.problems] == [f"ledger #{checkpoint.seq}"]
+    # The rewritten chain is consistent in itself: only the published head and the head row give it away.
+    assert [problem.where for problem in report.problems] == [f"ledger #{checkpoint.seq}"] * 2
+    assert "head row" in report.problems[1].what
     assert failed.first.startswith(f"ledger #{checkpoint.seq}: differs from the head published to database at ")
     assert failed.first.endswith("(chain rewritten)")
 
@@ -721,3 +722,24 @@ def test_a_record_committed_while_verify_runs_is_not_reported_as_tampering(make_
     assert (report.entries, report.records) == (3, 3)  # one consistent snapshot
     assert ledger.verify().ok
     assert "4 ledger entries, 4 records" in verify_passes()  # the command, outside any transaction
+
+
+# The head row -----------------------------------------------------------------------------------
+
+
+def test_a_lost_head_row_is_rebuilt_from_the_last_entry_and_the_chain_goes_on(chart, patient, doctor):
+    before = LedgerEntry.objects.order_by("-seq").first()
+    run_sql("DELETE FROM clinical_ledgerhead")
+    record = services.record_create(
+        patient=patient, record_type="vital_signs", payload=heart_rate(patient, 99), author=doctor.user
+    )
+    entry = LedgerEntry.objects.get(record=record)
+    assert (entry.seq, entry.prev_hash) == (before.seq + 1, before.entry_hash)
+    verify_passes()
+
+
+def test_a_head_row_that_is_not_the_last_entry_is_named(chart):
+    last = LedgerEntry.objects.order_by("-seq").first()
+    run_sql("UPDATE clinical_ledgerhead SET seq = seq - 1")
+    failed = verify_fails()
+    assert failed.first.startswith(f"ledger #{last.seq - 1}: the head row")

@@ -252,27 +252,24 @@ def test_audit_entries_of_record_writes_hold_no_effective_date(audited_writes):
 # One record write ---------------------------------------------------------------------------------
 
 
-def test_one_record_write_costs_seven_statements(patient, clinician, django_assert_num_queries):
+def test_one_record_write_costs_five_statements(patient, clinician, django_assert_num_queries):
     # The patient as the API passes it (visible_patient selects the institution with it).
     patient = Patient.objects.select_related("institution").get(pk=patient.pk)
     payload = heart_rate(patient)
 
-    with django_assert_num_queries(7) as captured:
+    with django_assert_num_queries(5) as captured:
         # 1. SAVEPOINT (record_create's atomic block; a transaction's BEGIN outside the test's transaction)
         # 2. INSERT the record
         # 3. INSERT the auditlog CREATE entry
-        # 4. SELECT pg_advisory_xact_lock: the ledger's writers' lock
-        # 5. SELECT the ledger head (after the lock)
-        # 6. INSERT the ledger entry
-        # 7. RELEASE SAVEPOINT (COMMIT outside the test's transaction)
+        # 4. UPDATE the ledger head and INSERT the entry, one statement
+        # 5. RELEASE SAVEPOINT (COMMIT outside the test's transaction)
         record = services.record_create(patient=patient, record_type="vital_signs", payload=payload, author=clinician)
 
     statements = [query["sql"] for query in captured.captured_queries]
     assert statements[0].startswith("SAVEPOINT") and statements[-1].startswith("RELEASE SAVEPOINT")
     assert statements[1].startswith('INSERT INTO "clinical_medicalrecord"')
     assert statements[2].startswith('INSERT INTO "auditlog_logentry"')
-    assert "pg_advisory_xact_lock" in statements[3]
-    assert statements[5].startswith('INSERT INTO "clinical_ledgerentry"')
+    assert "UPDATE clinical_ledgerhead" in statements[3] and "INSERT INTO clinical_ledgerentry" in statements[3]
     assert LedgerEntry.objects.get(record=record).data_hash == record.data_hash
 
 
