@@ -12,7 +12,7 @@ from rest_framework.response import Response
 
 from bench.records import PlainRecord
 from clinical.api.serializers import PatientSerializer, RecordSerializer
-from clinical.api.views import RecordPagination
+from clinical.api.views import PatientRecordsMixin, RecordPagination
 from clinical.models import MedicalRecord, Patient
 from clinical.selectors import record_list
 from config.pagination import KeysetPagination
@@ -83,6 +83,22 @@ class PlainRecordList(generics.ListAPIView[PlainRecord]):
         )
 
 
+class PlainRecordPolicyList(PatientRecordsMixin, generics.GenericAPIView[PlainRecord]):
+    """The record list API exactly, access policy and access entry included, over the unencrypted table."""
+
+    serializer_class = PlainRecordSerializer
+    pagination_class = RecordPagination
+
+    def get(self, request: Request, uuid: Any) -> Response:
+        patient = self.visible_patient(uuid)
+        rows = PlainRecord.objects.filter(patient=patient, status="current").select_related(
+            "patient", "institution", "author", "verified_by"
+        )
+        page = self.paginate_queryset(rows) or []
+        self.audit(patient, page, "api record list")  # type: ignore[arg-type]
+        return self.get_paginated_response(PlainRecordSerializer(page, many=True).data)
+
+
 class UnauditedRecordList(generics.GenericAPIView[MedicalRecord]):
     """The record list API's query, decryption and serializer, without the access policy and the audit entry."""
 
@@ -100,5 +116,6 @@ urlpatterns = [
     path("bench/unfiltered/", UnfilteredPatientList.as_view()),
     path("bench/guardian/", StockGuardianPatientList.as_view()),
     path("bench/plain-records/<uuid:uuid>/", PlainRecordList.as_view()),
+    path("bench/plain-records-policy/<uuid:uuid>/", PlainRecordPolicyList.as_view()),
     path("bench/records-unaudited/<uuid:uuid>/", UnauditedRecordList.as_view()),
 ]
