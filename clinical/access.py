@@ -24,17 +24,21 @@ queries never depends on the number of patients.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.db import connection
 from django.db.models import Q, QuerySet
+from django.db.models.expressions import RawSQL
 
 from clinical.models import (
     InstitutionMembership,
     MembershipRole,
     Patient,
 )
+from config.pagination import Parts, keyset_page
 
 VIEW = "view"
 CHANGE = "change"
@@ -43,7 +47,7 @@ GRANT_CODENAMES = {VIEW: ("view_patient", "change_patient"), CHANGE: ("change_pa
 
 # clock_timestamp(), not now(): now() is the transaction's start, earlier than a
 # membership or grant written inside the same transaction.
-SCOPE_SQL = """
+SCOPE_CTE = """
 WITH grants AS (
     SELECT g.content_object_id, g.is_break_glass
     FROM clinical_patientuserobjectpermission g
@@ -52,30 +56,68 @@ WITH grants AS (
     WHERE g.user_id = %(user)s AND g.revoked_at IS NULL
       AND (g.expires_at IS NULL OR g.expires_at > clock_timestamp())
       AND ct.app_label = 'clinical' AND p.codename = ANY(%(grant_codenames)s)
+),
+scope AS (
+    SELECT
+        EXISTS (
+            SELECT 1
+            FROM auth_permission p
+            JOIN django_content_type ct ON ct.id = p.content_type_id
+            WHERE ct.app_label = 'clinical' AND p.codename = %(role_codename)s
+              AND (
+                  EXISTS (SELECT 1 FROM accounts_user_user_permissions up
+                          WHERE up.user_id = %(user)s AND up.permission_id = p.id)
+                  OR EXISTS (SELECT 1 FROM accounts_user_groups ug
+                             JOIN auth_group_permissions gp ON gp.group_id = ug.group_id
+                             WHERE ug.user_id = %(user)s AND gp.permission_id = p.id)
+              )
+        ) AS role_allows,
+        (SELECT d.id FROM clinical_doctor d
+         WHERE d.user_id = %(user)s AND d.is_active ORDER BY d.id LIMIT 1) AS doctor_id,
+        ARRAY(SELECT DISTINCT m.institution_id FROM clinical_institutionmembership m
+              WHERE m.user_id = %(user)s AND m.role = ANY(%(roles)s)
+                AND m.valid_from <= clock_timestamp()
+                AND (m.valid_until IS NULL OR m.valid_until > clock_timestamp())) AS institution_ids,
+        ARRAY(SELECT content_object_id FROM grants) AS granted_ids,
+        ARRAY(SELECT content_object_id FROM grants WHERE NOT is_break_glass) AS care_team_ids
 )
-SELECT
-    EXISTS (
-        SELECT 1
-        FROM auth_permission p
-        JOIN django_content_type ct ON ct.id = p.content_type_id
-        WHERE ct.app_label = 'clinical' AND p.codename = %(role_codename)s
-          AND (
-              EXISTS (SELECT 1 FROM accounts_user_user_permissions up
-                      WHERE up.user_id = %(user)s AND up.permission_id = p.id)
-              OR EXISTS (SELECT 1 FROM accounts_user_groups ug
-                         JOIN auth_group_permissions gp ON gp.group_id = ug.group_id
-                         WHERE ug.user_id = %(user)s AND gp.permission_id = p.id)
-          )
-    ) AS role_allows,
-    (SELECT d.id FROM clinical_doctor d
-     WHERE d.user_id = %(user)s AND d.is_active ORDER BY d.id LIMIT 1) AS doctor_id,
-    ARRAY(SELECT DISTINCT m.institution_id FROM clinical_institutionmembership m
-          WHERE m.user_id = %(user)s AND m.role = ANY(%(roles)s)
-            AND m.valid_from <= clock_timestamp()
-            AND (m.valid_until IS NULL OR m.valid_until > clock_timestamp())) AS institution_ids,
-    ARRAY(SELECT content_object_id FROM grants) AS granted_ids,
-    ARRAY(SELECT content_object_id FROM grants WHERE NOT is_break_glass) AS care_team_ids
 """
+# Constant text only; every value is a bound parameter.
+SCOPE_SQL = SCOPE_CTE + "SELECT role_allows, doctor_id, institution_ids, granted_ids, care_team_ids FROM scope"  # noqa: S608
+
+# A keyset page of the patients a user may view, in one statement with the scope: each
+# route is read in key order from its own (route, created_at, id) index, at most a page
+# from each, and the union gives the page. The same routes as Scope.condition (the
+# property test in tests/clinical/test_access_property.py holds the two to one answer).
+# {beyond}: the cursor's row comparison, {only}: extra filters, {dir}: ASC or DESC.
+# Constant text; the {} holes take fixed fragments and every value is bound.
+PAGE_SQL = (
+    SCOPE_CTE  # noqa: S608
+    + """,
+page AS (
+    (SELECT p.created_at, p.id FROM clinical_patient p, scope s
+     WHERE s.role_allows AND p.doctor_id = s.doctor_id {beyond} {only}
+     ORDER BY p.created_at {dir}, p.id {dir} LIMIT %(limit)s)
+    UNION
+    (SELECT k.created_at, k.id
+     FROM scope s CROSS JOIN LATERAL unnest(s.institution_ids) AS i(institution_id)
+     CROSS JOIN LATERAL (
+         SELECT p.created_at, p.id FROM clinical_patient p
+         WHERE p.institution_id = i.institution_id {beyond} {only}
+         ORDER BY p.created_at {dir}, p.id {dir} LIMIT %(limit)s
+     ) k
+     WHERE s.role_allows)
+    UNION
+    (SELECT p.created_at, p.id FROM clinical_patient p
+     WHERE p.user_id = %(own_user)s {beyond} {only})
+    UNION
+    (SELECT p.created_at, p.id FROM clinical_patient p, scope s
+     WHERE p.id = ANY(s.granted_ids) {beyond} {only}
+     ORDER BY p.created_at {dir}, p.id {dir} LIMIT %(limit)s)
+)
+SELECT id FROM page ORDER BY created_at {dir}, id {dir} LIMIT %(limit)s
+"""
+)
 
 
 def _signed_in(user: Any) -> bool:
@@ -112,21 +154,14 @@ class Scope:
             condition |= part
         return condition
 
-    def routes(self) -> list[Q]:
-        """The same set as :meth:`condition`, as one filter per route that an index serves on its own.
 
-        Used for keyset pages (``config.pagination``): each route is read in
-        key order from its own ``(route, created_at, id)`` index.
-        """
-        routes = []
-        if self.doctor_id is not None:
-            routes.append(Q(doctor_id=self.doctor_id))
-        routes.extend(Q(institution_id=institution_id) for institution_id in self.institution_ids)
-        if self.own_user_id is not None:
-            routes.append(Q(user_id=self.own_user_id))
-        if self.granted_ids:
-            routes.append(Q(pk__in=self.granted_ids))
-        return routes
+def _scope_params(user: Any, kind: str) -> dict[str, Any]:
+    return {
+        "user": user.pk,
+        "role_codename": f"{kind}_patient",
+        "roles": list(CLINICAL_MEMBERSHIP_ROLES),
+        "grant_codenames": list(GRANT_CODENAMES[kind]),
+    }
 
 
 def scope_of(user: Any, kind: str) -> Scope:
@@ -136,15 +171,7 @@ def scope_of(user: Any, kind: str) -> Scope:
     if user.is_superuser:
         return Scope(everything=True)
     with connection.cursor() as cursor:
-        cursor.execute(
-            SCOPE_SQL,
-            {
-                "user": user.pk,
-                "role_codename": f"{kind}_patient",
-                "roles": list(CLINICAL_MEMBERSHIP_ROLES),
-                "grant_codenames": list(GRANT_CODENAMES[kind]),
-            },
-        )
+        cursor.execute(SCOPE_SQL, _scope_params(user, kind))
         role_allows, doctor_id, institution_ids, granted_ids, care_team_ids = cursor.fetchone()
     return Scope(
         doctor_id=doctor_id if role_allows else None,
@@ -179,12 +206,62 @@ def patients_changeable_by(user: Any) -> QuerySet[Patient]:
     return _patients(user, CHANGE)
 
 
-def patient_parts_visible_to(user: Any) -> list[QuerySet[Patient]]:
-    """Patients ``user`` may view, as one queryset per route (their union is :func:`patients_visible_to`)."""
-    scope = scope_of(user, VIEW)
-    if scope.everything:
-        return [Patient.objects.all()]
-    return [Patient.objects.filter(route) for route in scope.routes()]
+@dataclass(frozen=True)
+class VisiblePatients:
+    """The patients a user may view, for keyset pages (``config.pagination``), in one statement a page.
+
+    ``load`` shapes the rows read (columns, joins); ``filter`` narrows by
+    plain column values, applied inside every route.
+    """
+
+    user: Any
+    load: Callable[[QuerySet[Patient]], QuerySet[Patient]] = lambda queryset: queryset
+    filters: tuple[tuple[str, Any], ...] = ()
+
+    def filter(self, **values: Any) -> VisiblePatients:
+        unknown = set(values) - PAGE_FILTERS
+        if unknown:
+            raise ValueError(f"cannot filter a patient page by {sorted(unknown)}")
+        return replace(self, filters=(*self.filters, *sorted(values.items())))
+
+    def keyset_page(
+        self, *, fields: tuple[str, str], size: int, cursor: Any, descending: bool = False
+    ) -> tuple[list[Patient], bool]:
+        if fields != ("created_at", "id"):
+            raise ValueError("patient pages are keyed by (created_at, id)")
+        if not _signed_in(self.user):
+            return [], False
+        if self.user.is_superuser:
+            everyone = Patient.objects.filter(**dict(self.filters))
+            return keyset_page(
+                Parts((everyone,), self.load), fields=fields, size=size, cursor=cursor, descending=descending
+            )
+        forward = cursor is None or cursor.forward
+        ascending = forward != descending
+        params = {**_scope_params(self.user, VIEW), "own_user": self.user.pk, "limit": size + 1}
+        beyond = ""
+        if cursor is not None:
+            beyond = f"AND (p.created_at, p.id) {'>' if ascending else '<'} (%(after_at)s, %(after_id)s)"
+            params.update(after_at=cursor.key[0], after_id=cursor.key[1])
+        only = ""
+        for index, (column, value) in enumerate(self.filters):
+            only += f" AND p.{column} = %(filter_{index})s"
+            params[f"filter_{index}"] = value
+        sql = PAGE_SQL.format(beyond=beyond, only=only, dir="ASC" if ascending else "DESC")
+        # One statement: the page's ids as a subquery of the row query that ``load`` shapes.
+        names = _NAMED_PARAMETER.findall(sql)
+        page_ids = RawSQL(_NAMED_PARAMETER.sub("%s", sql), [params[name] for name in names])  # noqa: S611 - values bound
+        order = ("created_at", "id") if ascending else ("-created_at", "-id")
+        rows = list(self.load(Patient.objects.filter(pk__in=page_ids)).order_by(*order)[: size + 1])
+        more = len(rows) > size
+        rows = rows[:size]
+        if not forward:
+            rows.reverse()
+        return rows, more
+
+
+PAGE_FILTERS = {"validation_status"}
+_NAMED_PARAMETER = re.compile(r"%\((\w+)\)s")
 
 
 def can_view_patient(user: Any, patient: Patient) -> bool:

@@ -8,19 +8,20 @@ from typing import Any
 from django.db.models import F, OuterRef, QuerySet, Subquery
 from django.urls import reverse
 
-from clinical.access import patient_parts_visible_to, patients_visible_to
+from clinical.access import VisiblePatients, patients_visible_to
 from clinical.fhir import system_uri
 from clinical.models import (
     Doctor,
+    Gender,
     LedgerEntry,
     LedgerEntryKind,
     MedicalInstitution,
     MedicalRecord,
     Patient,
     RecordStatus,
+    Sex,
     ValidationStatus,
 )
-from config.pagination import Parts
 
 PATIENT_LIST_RELATED = ("institution", "doctor__user", "sex", "gender")
 
@@ -29,9 +30,48 @@ def patient_list(*, user: Any) -> QuerySet[Patient]:
     return patients_visible_to(user).select_related(*PATIENT_LIST_RELATED)
 
 
-def patient_page_parts(*, user: Any) -> Parts:
-    """The patients ``user`` may view, split by access route for keyset pages (``config.pagination``)."""
-    return Parts(patient_parts_visible_to(user), select_related=PATIENT_LIST_RELATED)
+# What a list row shows (PatientSerializer): the patient's own columns, the institution and
+# the doctor's name. Sex and gender codes come from scalar subqueries rather than joins:
+# with two more tables in the join, PostgreSQL spent about 1.5 ms planning each page.
+PATIENT_ROW_FIELDS = (
+    "uuid",
+    "created_at",
+    "updated_at",
+    "user_id",
+    "institution_id",
+    "doctor_id",
+    "sex_id",
+    "gender_id",
+    "mrn",
+    "first_name",
+    "last_name",
+    "date_of_birth",
+    "validation_status",
+    "is_active",
+    "institution__uuid",
+    "institution__name",
+    "doctor__uuid",
+    "doctor__user__first_name",
+    "doctor__user__last_name",
+    "doctor__user__email",
+)
+
+
+def patient_rows(patients: QuerySet[Patient]) -> QuerySet[Patient]:
+    """``patients`` shaped for a list page: only the columns a row shows, codes as annotations."""
+    return (
+        patients.select_related("institution", "doctor__user")
+        .only(*PATIENT_ROW_FIELDS)
+        .annotate(
+            sex_code=Subquery(Sex.objects.filter(pk=OuterRef("sex_id")).values("code")[:1]),
+            gender_code=Subquery(Gender.objects.filter(pk=OuterRef("gender_id")).values("code")[:1]),
+        )
+    )
+
+
+def patient_page_parts(*, user: Any) -> VisiblePatients:
+    """The patients ``user`` may view, for keyset pages (``config.pagination``), rows shaped for a list."""
+    return VisiblePatients(user, load=patient_rows)
 
 
 def headline_counts(*, user: Any) -> list[dict[str, Any]]:

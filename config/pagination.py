@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -64,13 +64,22 @@ class Cursor:
 
 @dataclass(frozen=True)
 class Parts:
-    """A set of rows as the union of querysets over one model; ``select_related`` applies to the page."""
+    """A set of rows as the union of querysets over one model.
+
+    ``load`` shapes the query that reads the page's rows (joins, columns,
+    annotations); the parts themselves only decide which rows.
+    """
 
     querysets: Sequence[QuerySet[Any]]
-    select_related: tuple[str, ...] = ()
+    load: Callable[[QuerySet[Any]], QuerySet[Any]] | None = None
 
     def filter(self, *args: Any, **kwargs: Any) -> Parts:
-        return Parts(tuple(qs.filter(*args, **kwargs) for qs in self.querysets), self.select_related)
+        return Parts(tuple(qs.filter(*args, **kwargs) for qs in self.querysets), self.load)
+
+    def keyset_page(
+        self, *, fields: tuple[str, str], size: int, cursor: Cursor | None, descending: bool = False
+    ) -> tuple[list[Any], bool]:
+        return keyset_page(self, fields=fields, size=size, cursor=cursor, descending=descending)
 
 
 def _beyond(fields: tuple[str, str], key: tuple[datetime, int], ascending: bool) -> Q:
@@ -90,7 +99,7 @@ def keyset_page(
 
     One part is one query. Several parts are two, however many there are: the
     page's keys (a UNION of per-part keyset scans, each ``size + 1`` rows),
-    then those rows with ``parts.select_related``. (One statement with the
+    then those rows, read by ``parts.load``. (One statement with the
     UNION as an ``IN`` subquery costs more: PostgreSQL then plans the joins and
     the union together, about 3 ms at 200,000 patients against 0.2 ms.)
     """
@@ -103,15 +112,15 @@ def keyset_page(
     for queryset in parts.querysets:
         scan = queryset if cursor is None else queryset.filter(_beyond(fields, cursor.key, ascending))
         scans.append(scan.order_by(*order))
+    load = parts.load or (lambda queryset: queryset)
     if len(scans) == 1:
-        page = scans[0].select_related(*parts.select_related) if parts.select_related else scans[0]
-        rows = list(page[: size + 1])
+        rows = list(load(scans[0])[: size + 1])
     else:
         key_scans = [scan.values_list(*fields)[: size + 1] for scan in scans]
         keys = list(key_scans[0].union(*key_scans[1:]).order_by(*order)[: size + 1])
         model: type[Model] = parts.querysets[0].model
-        found = model._default_manager.filter(pk__in=[row_id for _, row_id in keys])
-        by_id = {row.pk: row for row in found.select_related(*parts.select_related)}
+        found = load(model._default_manager.filter(pk__in=[row_id for _, row_id in keys]))
+        by_id = {row.pk: row for row in found}
         rows = [by_id[row_id] for _, row_id in keys if row_id in by_id]
     more = len(rows) > size
     rows = rows[:size]
@@ -121,7 +130,8 @@ def keyset_page(
 
 
 class KeysetPagination(BasePagination):
-    """DRF pagination for views whose ``get_queryset`` returns :class:`Parts` (or a plain queryset)."""
+    """DRF pagination for views whose ``get_queryset`` returns a queryset, :class:`Parts`, or any source
+    with a ``keyset_page(fields=, size=, cursor=, descending=)`` method."""
 
     fields: tuple[str, str] = ("created_at", "id")
     descending = False  # True: newest first
@@ -130,13 +140,15 @@ class KeysetPagination(BasePagination):
     max_page_size = 200
 
     def paginate_queryset(self, queryset: Any, request: Request, view: Any = None) -> list[Any]:
-        parts = queryset if isinstance(queryset, Parts) else Parts((queryset,))
+        # Anything with a keyset_page method (Parts, or a source that reads its keys in SQL), else a queryset.
+        source = queryset if hasattr(queryset, "keyset_page") else Parts((queryset,))
         self.request = request
         self.size = self._size(request)
         token = request.query_params.get(CURSOR_PARAM)
         self.cursor = Cursor.decode(token) if token else None
-        self.page, more = keyset_page(
-            parts, fields=self.fields, size=self.size, cursor=self.cursor, descending=self.descending
+        self.page: list[Any]
+        self.page, more = source.keyset_page(
+            fields=self.fields, size=self.size, cursor=self.cursor, descending=self.descending
         )
         forward = self.cursor is None or self.cursor.forward
         self.has_next = more if forward else self.cursor is not None

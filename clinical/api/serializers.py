@@ -20,6 +20,18 @@ class DoctorRefSerializer(serializers.Serializer[Any]):
     name = serializers.CharField(source="__str__")
 
 
+# DRF's rendering of a timestamp (time zone and format settings applied).
+_TIMESTAMP = serializers.DateTimeField()
+
+
+def _code(patient: Patient, catalog: str) -> str | None:
+    """A catalog code: annotated by ``selectors.patient_rows`` on list pages, else through the relation."""
+    annotated = f"{catalog}_code"
+    if annotated in patient.__dict__:
+        return patient.__dict__[annotated]  # type: ignore[no-any-return]
+    return getattr(patient, catalog).code if getattr(patient, f"{catalog}_id") else None
+
+
 class PatientSerializer(serializers.ModelSerializer[Patient]):
     id = serializers.UUIDField(source="uuid", read_only=True)
     sex = serializers.SlugRelatedField(slug_field="code", read_only=True)
@@ -46,6 +58,26 @@ class PatientSerializer(serializers.ModelSerializer[Patient]):
         )
         read_only_fields = fields
 
+    def to_representation(self, patient: Patient) -> dict[str, Any]:
+        """The declared fields, built directly: the same JSON as DRF's field-by-field walk, at a
+        fraction of its cost on a page of 50 (the fields above still describe the schema)."""
+        institution, doctor = patient.institution, patient.doctor
+        return {
+            "id": str(patient.uuid),
+            "mrn": patient.mrn,
+            "first_name": patient.first_name,
+            "last_name": patient.last_name,
+            "date_of_birth": patient.date_of_birth.isoformat() if patient.date_of_birth else None,
+            "sex": _code(patient, "sex"),
+            "gender": _code(patient, "gender"),
+            "validation_status": patient.validation_status,
+            "is_active": patient.is_active,
+            "institution": {"id": str(institution.uuid), "name": institution.name} if institution else None,
+            "doctor": {"id": str(doctor.uuid), "name": str(doctor)} if doctor else None,
+            "created_at": _TIMESTAMP.to_representation(patient.created_at),
+            "updated_at": _TIMESTAMP.to_representation(patient.updated_at),
+        }
+
 
 class PatientDetailSerializer(PatientSerializer):
     notes = serializers.CharField(read_only=True, allow_null=True)
@@ -53,6 +85,9 @@ class PatientDetailSerializer(PatientSerializer):
     class Meta(PatientSerializer.Meta):
         fields = (*PatientSerializer.Meta.fields, "notes")
         read_only_fields = fields
+
+    def to_representation(self, patient: Patient) -> dict[str, Any]:
+        return {**super().to_representation(patient), "notes": patient.notes}
 
 
 class PatientUpdateSerializer(serializers.Serializer[Any]):

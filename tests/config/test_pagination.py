@@ -103,16 +103,18 @@ def test_an_unknown_validation_status_answers_400(world) -> None:
     assert "validation_status" in response.json()
 
 
-def test_the_page_reads_each_route_by_its_own_index(world) -> None:
-    """The key query is a UNION of per-route scans, each limited to a page, never an OR over all routes."""
+def test_the_page_reads_each_route_by_its_own_index_in_one_statement_with_the_scope(world) -> None:
+    """The page is one statement: the user's scope, a UNION of per-route keyset scans, each limited to a
+    page, and the rows they name; never an OR over all routes, and no separate scope query."""
     from django.test.utils import CaptureQueriesContext
 
     with CaptureQueriesContext(connection) as captured:
         response = world["client"].get(f"{LIST}?page_size=3")
     assert response.status_code == 200
-    unions = [q["sql"] for q in captured.captured_queries if " UNION " in q["sql"]]
-    assert len(unions) == 1
-    # primary doctor, the membership institution, the user's own record, the grants:
-    # four scans of one page plus one each, and the outer page.
-    assert unions[0].count("LIMIT 4") == 5
-    assert " OR " not in unions[0]
+    statements = [q["sql"] for q in captured.captured_queries]
+    [page] = [sql for sql in statements if "UNION" in sql]
+    assert "scope AS" in page
+    assert [sql for sql in statements if "WITH grants" in sql] == [page]
+    # primary doctor, the membership institutions, the grants: a page plus one each; the union's page; the rows.
+    assert page.count("LIMIT 4") == 5
+    assert " OR " not in page.split("scope AS", 1)[1].split("page AS", 1)[1]
