@@ -37,3 +37,4 @@ class ClinicalConfig(AppConfig):
                 "superseded_by",
             ],
         )
+        audit_register(m.Appointment)

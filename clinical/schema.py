@@ -196,3 +196,125 @@ LEFT JOIN LATERAL (
 ) last ON true
 ON CONFLICT (id) DO NOTHING
 """
+
+# Appointments (clinical.models.care) ---------------------------------------------------
+APPOINTMENT_DOCTOR_NO_OVERLAP = "clinical_appointment_doctor_no_overlap"
+APPOINTMENT_PATIENT_NO_OVERLAP = "clinical_appointment_patient_no_overlap"
+APPOINTMENT_STATUS_TRANSITION = "clinical_appointment_status_transition"
+APPOINTMENT_CLOSED_IS_FINAL = "clinical_appointment_closed_is_final"
+APPOINTMENT_DOCTOR_MEMBERSHIP = "clinical_appointment_doctor_membership"
+
+# Two scheduled appointments of one doctor, or of one patient, never overlap.
+# Core PostgreSQL only: equality on the id is written as overlap of the
+# one-point range [id, id], so gist needs no btree_gist. '[)' makes back-to-back
+# appointments (10:00-10:30, 10:30-11:00) legal. Not deferrable: the conflict
+# is raised at the INSERT or UPDATE, where the service turns it into a
+# ValidationError.
+ADD_APPOINTMENT_NO_OVERLAP = f"""
+ALTER TABLE clinical_appointment
+    ADD CONSTRAINT {APPOINTMENT_DOCTOR_NO_OVERLAP}
+    EXCLUDE USING gist (
+        int8range(doctor_id, doctor_id, '[]') WITH &&,
+        tstzrange(starts_at, ends_at, '[)') WITH &&
+    ) WHERE (status = 'scheduled');
+ALTER TABLE clinical_appointment
+    ADD CONSTRAINT {APPOINTMENT_PATIENT_NO_OVERLAP}
+    EXCLUDE USING gist (
+        int8range(patient_id, patient_id, '[]') WITH &&,
+        tstzrange(starts_at, ends_at, '[)') WITH &&
+    ) WHERE (status = 'scheduled');
+"""
+DROP_APPOINTMENT_NO_OVERLAP = f"""
+ALTER TABLE clinical_appointment DROP CONSTRAINT IF EXISTS {APPOINTMENT_PATIENT_NO_OVERLAP};
+ALTER TABLE clinical_appointment DROP CONSTRAINT IF EXISTS {APPOINTMENT_DOCTOR_NO_OVERLAP};
+"""
+
+# A scheduled appointment becomes completed, cancelled or a no-show; nothing
+# leaves those three (clinical.models.care.ALLOWED_TRANSITIONS). Once closed,
+# when, with whom, where and the who/when of its outcome stay as they were:
+# the history of care does not move. (The patient may still change, for a
+# later merge of duplicate patients. Key rotation rewrites only ciphertext.)
+ADD_APPOINTMENT_STATUS_TRIGGER = f"""
+CREATE OR REPLACE FUNCTION {APPOINTMENT_STATUS_TRANSITION}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status IS DISTINCT FROM OLD.status
+       AND NOT (OLD.status = 'scheduled' AND NEW.status IN ('completed', 'cancelled', 'no_show')) THEN
+        RAISE EXCEPTION 'an appointment cannot go from % to %', OLD.status, NEW.status
+            USING ERRCODE = 'check_violation',
+                  CONSTRAINT = '{APPOINTMENT_STATUS_TRANSITION}',
+                  TABLE = 'clinical_appointment',
+                  COLUMN = 'status';
+    END IF;
+    IF OLD.status <> 'scheduled'
+       AND (NEW.doctor_id IS DISTINCT FROM OLD.doctor_id
+            OR NEW.institution_id IS DISTINCT FROM OLD.institution_id
+            OR NEW.starts_at IS DISTINCT FROM OLD.starts_at
+            OR NEW.ends_at IS DISTINCT FROM OLD.ends_at
+            OR NEW.cancelled_by_id IS DISTINCT FROM OLD.cancelled_by_id
+            OR NEW.cancelled_at IS DISTINCT FROM OLD.cancelled_at
+            OR NEW.outcome_recorded_by_id IS DISTINCT FROM OLD.outcome_recorded_by_id
+            OR NEW.outcome_recorded_at IS DISTINCT FROM OLD.outcome_recorded_at) THEN
+        RAISE EXCEPTION 'a % appointment is final', OLD.status
+            USING ERRCODE = 'check_violation',
+                  CONSTRAINT = '{APPOINTMENT_CLOSED_IS_FINAL}',
+                  TABLE = 'clinical_appointment';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER {APPOINTMENT_STATUS_TRANSITION}
+    BEFORE UPDATE ON clinical_appointment
+    FOR EACH ROW EXECUTE FUNCTION {APPOINTMENT_STATUS_TRANSITION}();
+"""
+DROP_APPOINTMENT_STATUS_TRIGGER = f"""
+DROP TRIGGER IF EXISTS {APPOINTMENT_STATUS_TRANSITION} ON clinical_appointment;
+DROP FUNCTION IF EXISTS {APPOINTMENT_STATUS_TRANSITION}();
+"""
+
+# A scheduled appointment is with a doctor who holds a doctor membership at
+# its institution now and until the appointment ends. Judged when it is
+# booked or moved (doctor, institution or times change), not later: a doctor
+# who leaves does not rewrite the past, and a closed appointment is history.
+# clock_timestamp(), not now(), as in the doctor's membership trigger.
+ADD_APPOINTMENT_DOCTOR_MEMBERSHIP_TRIGGER = f"""
+CREATE OR REPLACE FUNCTION {APPOINTMENT_DOCTOR_MEMBERSHIP}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- A missing party is the NOT NULL constraints' to report.
+    IF NEW.status <> 'scheduled' OR NEW.doctor_id IS NULL OR NEW.institution_id IS NULL THEN
+        RETURN NEW;
+    END IF;
+    IF TG_OP = 'UPDATE'
+       AND NEW.doctor_id IS NOT DISTINCT FROM OLD.doctor_id
+       AND NEW.institution_id IS NOT DISTINCT FROM OLD.institution_id
+       AND NEW.starts_at IS NOT DISTINCT FROM OLD.starts_at
+       AND NEW.ends_at IS NOT DISTINCT FROM OLD.ends_at THEN
+        RETURN NEW;
+    END IF;
+    IF NOT EXISTS (
+        SELECT 1
+        FROM clinical_doctor d
+        JOIN clinical_institutionmembership m ON m.user_id = d.user_id
+        WHERE d.id = NEW.doctor_id
+          AND m.institution_id = NEW.institution_id
+          AND m.role = 'doctor'
+          AND m.valid_from <= clock_timestamp()
+          AND (m.valid_until IS NULL OR (m.valid_until > clock_timestamp() AND m.valid_until >= NEW.ends_at))
+    ) THEN
+        RAISE EXCEPTION 'the doctor has no doctor membership at the appointment''s institution for its time'
+            USING ERRCODE = 'check_violation',
+                  CONSTRAINT = '{APPOINTMENT_DOCTOR_MEMBERSHIP}',
+                  TABLE = 'clinical_appointment';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER {APPOINTMENT_DOCTOR_MEMBERSHIP}
+    BEFORE INSERT OR UPDATE OF doctor_id, institution_id, starts_at, ends_at ON clinical_appointment
+    FOR EACH ROW EXECUTE FUNCTION {APPOINTMENT_DOCTOR_MEMBERSHIP}();
+"""
+DROP_APPOINTMENT_DOCTOR_MEMBERSHIP_TRIGGER = f"""
+DROP TRIGGER IF EXISTS {APPOINTMENT_DOCTOR_MEMBERSHIP} ON clinical_appointment;
+DROP FUNCTION IF EXISTS {APPOINTMENT_DOCTOR_MEMBERSHIP}();
+"""

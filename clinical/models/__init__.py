@@ -1,3 +1,4 @@
+from clinical.models.care import Appointment, AppointmentStatus
 from clinical.models.catalogs import (
     BloodCompatibility,
     BloodType,
@@ -54,6 +55,8 @@ __all__ = [
     "AllergyCategory",
     "AllergyCriticality",
     "AllergySeverity",
+    "Appointment",
+    "AppointmentStatus",
     "BloodCompatibility",
     "BloodType",
     "BreakGlassReview",
