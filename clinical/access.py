@@ -89,15 +89,22 @@ SCOPE_SQL = SCOPE_CTE + "SELECT role_allows, doctor_id, institution_ids, granted
 # route is read in key order from its own (route, created_at, id) index, at most a page
 # from each, and the union gives the page. The same routes as Scope.condition (the
 # property test in tests/clinical/test_access_property.py holds the two to one answer).
+# The doctor and institution routes are LATERAL subqueries on the scope's ids: with the id
+# a parameter of the scan, PostgreSQL reads a page from the route's index in key order and
+# stops (a plain join with the scope sorted all of the doctor's patients first).
 # {beyond}: the cursor's row comparison, {only}: extra filters, {dir}: ASC or DESC.
 # Constant text; the {} holes take fixed fragments and every value is bound.
 PAGE_SQL = (
     SCOPE_CTE  # noqa: S608
     + """,
 page AS (
-    (SELECT p.created_at, p.id FROM clinical_patient p, scope s
-     WHERE s.role_allows AND p.doctor_id = s.doctor_id {beyond} {only}
-     ORDER BY p.created_at {dir}, p.id {dir} LIMIT %(limit)s)
+    (SELECT k.created_at, k.id
+     FROM scope s CROSS JOIN LATERAL (
+         SELECT p.created_at, p.id FROM clinical_patient p
+         WHERE p.doctor_id = s.doctor_id {beyond} {only}
+         ORDER BY p.created_at {dir}, p.id {dir} LIMIT %(limit)s
+     ) k
+     WHERE s.role_allows)
     UNION
     (SELECT k.created_at, k.id
      FROM scope s CROSS JOIN LATERAL unnest(s.institution_ids) AS i(institution_id)
