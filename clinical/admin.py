@@ -809,3 +809,6 @@ class BreakGlassReviewAdmin(CaretrailAdmin):
     @admin.action(description="Mark as inappropriate")
     def mark_inappropriate(self, request: HttpRequest, queryset: QuerySet[m.BreakGlassReview]) -> None:
         self._review(request, queryset, m.ReviewOutcome.INAPPROPRIATE)
+
+
+import clinical.documents_admin  # noqa: E402, F401 - registers the Document admin and the patient page's inline

@@ -7,7 +7,9 @@ class ClinicalConfig(AppConfig):
 
     def ready(self) -> None:
         from accounts.audit import audit_register
+        from accounts.rotation import register_rotators
         from clinical import models as m
+        from clinical.services import document_file_rotators
 
         for model in (
             m.MedicalInstitution,
@@ -38,3 +40,5 @@ class ClinicalConfig(AppConfig):
             ],
         )
         audit_register(m.Appointment)
+        audit_register(m.Document)  # original_name is encrypted, so masked
+        register_rotators(document_file_rotators)

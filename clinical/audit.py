@@ -15,7 +15,7 @@ from auditlog.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
 
 from clinical import access
-from clinical.models import MedicalRecord, Patient
+from clinical.models import Document, MedicalRecord, Patient
 
 TREATMENT = "TREAT"
 EMERGENCY_TREATMENT = "ETREAT"
@@ -129,5 +129,37 @@ def record_list_access_record(
             "view": view,
             "records": [str(record.uuid) for record in rows],
             "patients": list(dict.fromkeys(str(record.patient.uuid) for record in rows)),
+        },
+    )
+
+
+def document_access_record(
+    *,
+    user: Any,
+    patient: Patient,
+    documents: Iterable[Document],
+    purpose: str,
+    view: str,
+    remote_addr: str | None = None,
+    scope: access.Scope | None = None,
+) -> LogEntry:
+    """One ACCESS entry for a read of ``patient``'s documents (a list page, or one file downloaded)."""
+    shown = [str(document.uuid) for document in documents]
+    break_glass = access.is_break_glass_access(user, patient, scope)
+    return LogEntry.objects.create(
+        content_type=ContentType.objects.get_for_model(Document),
+        object_pk=str(shown[0]) if len(shown) == 1 else "",
+        object_id=None,
+        object_repr=f"{view}: {len(shown)} document(s)",
+        action=LogEntry.Action.ACCESS,
+        changes=None,
+        actor=user if getattr(user, "is_authenticated", False) else None,
+        remote_addr=remote_addr,
+        additional_data={
+            "purpose_of_use": EMERGENCY_TREATMENT if break_glass else purpose,
+            "break_glass": break_glass,
+            "view": view,
+            "patient": str(patient.uuid),
+            "documents": shown,
         },
     )

@@ -141,3 +141,17 @@ def with_record_details(records: QuerySet[MedicalRecord]) -> QuerySet[MedicalRec
         ledger_entry_uuid=Subquery(version_entry.values("uuid")[:1]),
         supersedes_uuid=F("supersedes__uuid"),
     )
+
+
+def document_list(*, patient: Patient) -> QuerySet[Any]:
+    """``patient``'s documents, newest first, with what the API shows of their links and uploader.
+
+    The caller has already asked ``clinical.access`` whether the patient is visible.
+    """
+    from clinical.models import Document
+
+    return (
+        Document.objects.filter(patient=patient)
+        .select_related("patient", "uploaded_by")
+        .annotate(medical_record_uuid=F("medical_record__uuid"), appointment_uuid=F("appointment__uuid"))
+    )

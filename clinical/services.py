@@ -689,3 +689,102 @@ def record_series_delete(*, record: MedicalRecord, reason: str) -> int:
     for version in versions:  # newest first: each version protects the one it supersedes
         version.delete()
     return len(versions)
+
+
+# Documents ------------------------------------------------------------------------------
+# Imported here, not at the top, so this section stays self-contained at the end of the module.
+
+
+def _document_links_check(*, patient: Patient, medical_record: MedicalRecord | None, appointment: Any) -> None:
+    """A document's record and appointment are the patient's (the trigger says so again on INSERT)."""
+    errors: dict[str, str] = {}
+    if medical_record is not None and medical_record.patient_id != patient.pk:
+        errors["medical_record"] = "This record belongs to another patient."
+    if appointment is not None and appointment.patient_id != patient.pk:
+        errors["appointment"] = "This appointment belongs to another patient."
+    if errors:
+        raise ValidationError(errors)
+
+
+def document_upload(
+    *,
+    patient: Patient,
+    upload: Any,
+    kind: str,
+    uploaded_by: Any,
+    medical_record: MedicalRecord | None = None,
+    appointment: Any = None,
+    expires_at: datetime.datetime | None = None,
+    storage: Any = None,
+) -> Any:
+    """Check ``upload``, store it encrypted and record it as a document of ``patient``.
+
+    A file the allow-list refuses raises ``FileRejected`` (a ``ValidationError``
+    on ``file``) before anything is written. The file is stored first, under a
+    random key and sealed for the new row's UUID; when the INSERT then fails,
+    the stored object is deleted, so nothing is left behind. (Called inside a
+    caller's transaction that later rolls back, the object stays: the API and
+    admin call this outside one.) ``storage`` defaults to the default storage.
+    """
+    from django.core.files.storage import default_storage
+
+    from clinical import files
+    from clinical.models import Document, DocumentKind
+
+    if kind not in DocumentKind.values:
+        raise ValidationError({"kind": f"Must be one of: {', '.join(DocumentKind.values)}."})
+    _document_links_check(patient=patient, medical_record=medical_record, appointment=appointment)
+    storage = storage if storage is not None else default_storage
+    document = Document(
+        patient=patient,
+        kind=kind,
+        medical_record=medical_record,
+        appointment=appointment,
+        uploaded_by=uploaded_by,
+        expires_at=expires_at,
+    )
+    stored = files.store(storage, upload, document_uuid=document.uuid)
+    try:
+        with transaction.atomic():
+            document.original_name = stored.original_name
+            document.storage_key = stored.key
+            document.content_type = stored.content_type
+            document.size = stored.size
+            document.sha256 = stored.sha256
+            document.save(force_insert=True)
+    except BaseException:
+        files.discard(storage, stored.key)
+        raise
+    return document
+
+
+def document_relink(document_uuid: Any, old_key: str, new_key: str) -> bool:
+    """Point a document to its re-sealed file, only if it still points to ``old_key`` (key rotation).
+
+    Runs inside the rotator's transaction; like the column rotation, it leaves ``updated_at`` alone.
+    """
+    from django.db import connection
+
+    from accounts.schema import KEY_ROTATION_SETTING
+    from clinical.models import Document
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config(%s, 'on', true)", [KEY_ROTATION_SETTING])
+    try:
+        return Document.objects.filter(uuid=document_uuid, storage_key=old_key).update(storage_key=new_key) == 1
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config(%s, '', true)", [KEY_ROTATION_SETTING])
+
+
+def document_file_rotators() -> list[Any]:
+    """The documents' files, for ``manage.py rotate_keys`` (registered in ``ClinicalConfig.ready``)."""
+    from django.core.files.storage import default_storage
+
+    from clinical.files import FileRotator
+    from clinical.models import Document
+
+    def stored_files() -> list[tuple[str, Any]]:
+        return list(Document.objects.order_by("pk").values_list("storage_key", "uuid"))
+
+    return [FileRotator(storage=default_storage, files=stored_files, relink=document_relink)]

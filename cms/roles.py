@@ -86,6 +86,7 @@ ROLES: tuple[Role, ...] = (
             "clinical.patientuserobjectpermission": CRUD,
             "clinical.breakglassreview": ("change", "view"),
             "clinical.medicalrecord": ("view",),
+            "clinical.document": ("view",),
             "accounts.user": ("view",),  # to pick staff for memberships and grants
             **_each(PATIENT_LISTS, ("view",)),
         },
@@ -99,6 +100,7 @@ ROLES: tuple[Role, ...] = (
             "clinical.healthprofile": ("change", "view"),
             **_each(PATIENT_LISTS, CRUD),
             "clinical.medicalrecord": ("add", "change", "view", "verify"),
+            "clinical.document": ("add", "view"),
             "clinical.doctor": ("view",),
             "clinical.medicalinstitution": ("view",),
             "clinical.medicalcondition": ("view",),
@@ -114,6 +116,7 @@ ROLES: tuple[Role, ...] = (
             "clinical.healthprofile": ("change", "view"),
             **_each(PATIENT_LISTS, ("add", "change", "view")),
             "clinical.medicalrecord": ("add", "view"),
+            "clinical.document": ("add", "view"),
             "clinical.doctor": ("view",),
             "clinical.medicalinstitution": ("view",),
             "clinical.medicalcondition": ("view",),

@@ -19,17 +19,20 @@ import datetime
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from auditlog.models import LogEntry
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection, transaction
 from django.db.models import Q
-from django.test import Client
+from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import URLResolver, get_resolver, reverse
 from django.utils import timezone
@@ -64,6 +67,8 @@ pytestmark = pytest.mark.django_db
 # P's identifying strings: no page shown to a persona outside the policy may contain them.
 P_LAST_NAME = "Zbyszewska"
 P_MRN = "MRN-P-48213"
+P_DOCUMENT_BYTES = b"Referral for Ms Zbyszewska: chest X-ray, both views.\n"
+FILE_SYSTEM_STORAGE = "django.core.files.storage.FileSystemStorage"
 
 PERSONAS = (
     "primary_doctor",  # P's primary doctor, at A, in the Doctor group
@@ -153,6 +158,40 @@ RECORD_API_COLUMNS = (
     "my_record",
 )
 
+# Document routes, on P's document D (a text file) and, for the portal, the caller's own documents.
+# Reading and downloading follow the patient; uploading to P needs the role's add_document
+# (Doctor, Nurse) and change access to P; a patient uploads to their own record only (me/documents/).
+# A refusal leaves nothing in storage or in the database. Each call runs on a fresh world.
+# Columns: persona, GET patients/<P>/documents/, POST patients/<P>/documents/,
+# GET patients/<P>/documents/<D>/download/, GET me/documents/, POST me/documents/,
+# GET me/documents/<D>/download/.
+DOCUMENT_API_MATRIX = [
+    ("primary_doctor", 200, 201, 200, 404, 404, 404),
+    ("nurse_a", 200, 201, 200, 404, 404, 404),
+    ("doctor_b", 404, 404, 404, 404, 404, 404),
+    ("inst_admin_a", 200, 403, 200, 404, 404, 404),
+    ("care_team", 200, 403, 200, 404, 404, 404),
+    ("expired_care_team", 404, 404, 404, 404, 404, 404),
+    ("break_glass", 200, 403, 200, 404, 404, 404),
+    ("expired_break_glass", 404, 404, 404, 404, 404, 404),
+    ("ended_membership", 404, 404, 404, 404, 404, 404),
+    ("no_mfa", 401, 401, 401, 401, 401, 401),
+    ("patient_p", 200, 403, 200, 200, 201, 200),
+    ("patient_q", 404, 404, 404, 200, 201, 404),
+    ("cms_admin", 404, 404, 404, 404, 404, 404),
+    ("cms_editor", 404, 404, 404, 404, 404, 404),
+    ("superuser", 200, 201, 200, 404, 404, 404),
+    ("anonymous", 401, 401, 401, 401, 401, 401),
+]
+DOCUMENT_API_COLUMNS = (
+    "documents",
+    "document_upload",
+    "document_download",
+    "my_documents",
+    "my_document_upload",
+    "my_document_download",
+)
+
 # Account and documentation routes. Staff personas (except ``no_mfa``) hold a
 # confirmed TOTP device, so obtaining a token with password + code succeeds for
 # them; ``no_mfa`` is refused (403) and falls back to a password-only session,
@@ -194,6 +233,10 @@ COVERED_API_ROUTES = {
     "api/v1/patients/<uuid:uuid>/records/<uuid:record_uuid>/verify/",
     "api/v1/me/records/",
     "api/v1/me/records/<uuid:record_uuid>/",
+    "api/v1/patients/<uuid:uuid>/documents/",
+    "api/v1/patients/<uuid:uuid>/documents/<uuid:document_uuid>/download/",
+    "api/v1/me/documents/",
+    "api/v1/me/documents/<uuid:document_uuid>/download/",
     "api/v1/auth/token/",
     "api/v1/auth/tokens/",
     "api/v1/auth/tokens/<uuid:token_id>/",
@@ -265,6 +308,7 @@ COVERED_ADMIN_MODELS: dict[str, str | None] = {
     "clinical.BreakGlassReview": "grant__content_object",
     "clinical.Country": None,
     "clinical.Doctor": None,
+    "clinical.Document": "patient",
     "clinical.Email": "patient",
     "clinical.EmailType": None,
     "clinical.Gender": None,
@@ -493,12 +537,21 @@ def build_world() -> SimpleNamespace:
         author=primary.user,
     )
 
+    p_document = services.document_upload(
+        patient=p,
+        upload=SimpleUploadedFile("zbyszewska-referral.txt", P_DOCUMENT_BYTES),
+        kind="lab_report",
+        uploaded_by=primary.user,
+        medical_record=p_record,
+    )
+
     return SimpleNamespace(
         A=a,
         B=b,
         P=p,
         Q=q,
         p_record=p_record.uuid,
+        p_document=p_document.uuid,
         doctors={"primary_doctor": primary, "doctor_b": doctor_b},
         user_ids={name: (user.pk if user is not None else None) for name, user in users.items()},
         own_patient={"patient_p": p, "patient_q": q},
@@ -509,7 +562,16 @@ def build_world() -> SimpleNamespace:
 
 
 @pytest.fixture(scope="module")
-def _world_once(django_db_setup: Any, django_db_blocker: Any) -> Iterator[SimpleNamespace]:
+def _media_once(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The default storage in a folder of this module's own, so its documents' files go with it."""
+    root = tmp_path_factory.mktemp("matrix-media")
+    storages = {**settings.STORAGES, "default": {"BACKEND": FILE_SYSTEM_STORAGE, "OPTIONS": {"location": str(root)}}}
+    with override_settings(STORAGES=storages):
+        yield root
+
+
+@pytest.fixture(scope="module")
+def _world_once(django_db_setup: Any, django_db_blocker: Any, _media_once: Path) -> Iterator[SimpleNamespace]:
     """Built once for the module inside a transaction that is rolled back at the end; every test
     runs in a savepoint of it (pytest-django's per-test atomic), so no test sees another's writes."""
     with django_db_blocker.unblock():
@@ -528,10 +590,11 @@ def _world_once(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Simple
 
 
 @pytest.fixture
-def world(_world_once: SimpleNamespace, db: Any) -> SimpleNamespace:
+def world(_world_once: SimpleNamespace, _media_once: Path, db: Any) -> SimpleNamespace:
     """One test's view of the world: rows re-read, so no test inherits another's in-memory state."""
     users_by_pk = get_user_model().objects.in_bulk([pk for pk in _world_once.user_ids.values() if pk])
     fresh = SimpleNamespace(**vars(_world_once))
+    fresh.media = _media_once
     fresh.users = {name: users_by_pk.get(pk) for name, pk in _world_once.user_ids.items()}
     owners = {pk: name for name, pk in _world_once.user_ids.items() if pk}
     fresh.devices = {owners[d.user_id]: d for d in TOTPDevice.objects.filter(user_id__in=owners, confirmed=True)}
@@ -756,6 +819,85 @@ def check_record_call(world, persona, response, expected):
     assert LedgerEntry.objects.count() == 1
 
 
+# Document routes ----------------------------------------------------------------------------
+
+UPLOADED_BYTES = b"Blood pressure 120/80 mmHg, measured at home.\n"
+
+
+def _stored_files(world: SimpleNamespace) -> set[str]:
+    return {str(path.relative_to(world.media)) for path in world.media.rglob("*") if path.is_file()}
+
+
+def _upload(world, persona, url):
+    world.files_before = _stored_files(world)
+    body = {"file": SimpleUploadedFile("home-reading.txt", UPLOADED_BYTES), "kind": "other"}
+    return api_client(world, persona).post(url, body)
+
+
+def call_documents(world, persona):
+    return api_client(world, persona).get(reverse("v1:document-list", args=[world.P.uuid]))
+
+
+def call_document_upload(world, persona):
+    return _upload(world, persona, reverse("v1:document-list", args=[world.P.uuid]))
+
+
+def call_document_download(world, persona):
+    return api_client(world, persona).get(reverse("v1:document-download", args=[world.P.uuid, world.p_document]))
+
+
+def call_my_documents(world, persona):
+    return api_client(world, persona).get(reverse("v1:my-document-list"))
+
+
+def call_my_document_upload(world, persona):
+    return _upload(world, persona, reverse("v1:my-document-list"))
+
+
+def call_my_document_download(world, persona):
+    return api_client(world, persona).get(reverse("v1:my-document-download", args=[world.p_document]))
+
+
+def check_document_call(world, persona, response, expected):
+    """The status; a download is P's file; an upload lands on the right patient and its file can be
+    fetched back; a refusal reveals nothing of P and leaves storage and database as they were."""
+    from clinical.files import discard, open_plaintext
+    from clinical.models import Document
+
+    assert _status(response) == expected, getattr(response, "content", b"")
+    if expected == 200 and "download" in response.request["PATH_INFO"]:
+        assert b"".join(response.streaming_content) == P_DOCUMENT_BYTES
+        assert response["Content-Disposition"] == 'attachment; filename="zbyszewska-referral.txt"'
+        assert response["X-Content-Type-Options"] == "nosniff"
+        return
+    if expected == 200:
+        rows = response.json()["results"]
+        owner = world.own_patient.get(persona, world.P) if "/me/" in response.request["PATH_INFO"] else world.P
+        owned = Document.objects.filter(patient=owner).order_by("-created_at", "-id").values_list("uuid", flat=True)
+        assert [row["id"] for row in rows] == [str(uuid) for uuid in owned]
+        if owner == world.P:
+            assert rows[0]["id"] == str(world.p_document)
+        assert all("storage_key" not in row for row in rows)
+        return
+    if expected == 201:
+        body = response.json()
+        owner = world.own_patient.get(persona, world.P) if "/me/" in response.request["PATH_INFO"] else world.P
+        assert body["patient"] == str(owner.uuid)
+        assert "storage_key" not in body
+        document = Document.objects.get(uuid=body["id"])
+        from django.core.files.storage import default_storage
+
+        with open_plaintext(default_storage, document.storage_key, document_uuid=document.uuid) as stream:
+            assert b"".join(stream) == UPLOADED_BYTES
+        discard(default_storage, document.storage_key)  # the world's transaction forgets the row, not the file
+        return
+    assert not mentions_p(response)
+    assert str(world.p_document) not in response.content.decode()
+    assert Document.objects.count() == 1
+    if hasattr(world, "files_before"):
+        assert _stored_files(world) == world.files_before
+
+
 # Account and documentation routes ---------------------------------------------------------
 
 
@@ -852,6 +994,18 @@ API_ENDPOINTS = {
     ),
     "my_records": Endpoint("api/v1/me/records/", call_my_records, check_record_call),
     "my_record": Endpoint("api/v1/me/records/<uuid:record_uuid>/", call_my_record, check_record_call),
+    "documents": Endpoint("api/v1/patients/<uuid:uuid>/documents/", call_documents, check_document_call),
+    "document_upload": Endpoint("api/v1/patients/<uuid:uuid>/documents/", call_document_upload, check_document_call),
+    "document_download": Endpoint(
+        "api/v1/patients/<uuid:uuid>/documents/<uuid:document_uuid>/download/",
+        call_document_download,
+        check_document_call,
+    ),
+    "my_documents": Endpoint("api/v1/me/documents/", call_my_documents, check_document_call),
+    "my_document_upload": Endpoint("api/v1/me/documents/", call_my_document_upload, check_document_call),
+    "my_document_download": Endpoint(
+        "api/v1/me/documents/<uuid:document_uuid>/download/", call_my_document_download, check_document_call
+    ),
     "token_obtain": Endpoint("api/v1/auth/token/", call_token_obtain, check_token_obtain),
     "tokens": Endpoint("api/v1/auth/tokens/", call_tokens, check_tokens),
     "token_revoke_own": Endpoint("api/v1/auth/tokens/<uuid:token_id>/", call_token_revoke_own, check_token_revoke_own),
@@ -874,6 +1028,7 @@ def _cases(matrix: list[tuple[Any, ...]], columns: tuple[str, ...]) -> list[Any]
 API_CASES = (
     _cases(PATIENT_API_MATRIX, PATIENT_API_COLUMNS)
     + _cases(RECORD_API_MATRIX, RECORD_API_COLUMNS)
+    + _cases(DOCUMENT_API_MATRIX, DOCUMENT_API_COLUMNS)
     + _cases(ACCOUNT_API_MATRIX, ACCOUNT_API_COLUMNS)
 )
 
@@ -1054,7 +1209,7 @@ def test_every_admin_model_is_in_the_persona_matrix():
 
 
 def test_every_matrix_has_one_row_per_persona():
-    for matrix in (PATIENT_API_MATRIX, ACCOUNT_API_MATRIX, ADMIN_MATRIX):
+    for matrix in (PATIENT_API_MATRIX, RECORD_API_MATRIX, DOCUMENT_API_MATRIX, ACCOUNT_API_MATRIX, ADMIN_MATRIX):
         assert [row[0] for row in matrix] == list(PERSONAS)
 
 

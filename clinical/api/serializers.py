@@ -7,7 +7,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from clinical.models import Gender, MedicalRecord, Patient, RecordSource, RecordType, Sex
+from clinical.models import Document, DocumentKind, Gender, MedicalRecord, Patient, RecordSource, RecordType, Sex
 
 
 class InstitutionRefSerializer(serializers.Serializer[Any]):
@@ -184,3 +184,45 @@ class RecordAmendSerializer(serializers.Serializer[Any]):
 
 class RecordReasonSerializer(serializers.Serializer[Any]):
     reason = serializers.CharField(max_length=1000)
+
+
+# Documents ---------------------------------------------------------------------------------
+
+
+class DocumentSerializer(serializers.ModelSerializer[Document]):
+    """What a document is; never where it is stored. ``download`` is the URL of its bytes."""
+
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    patient = serializers.UUIDField(source="patient.uuid", read_only=True)
+    uploaded_by = serializers.SerializerMethodField()
+    medical_record = serializers.UUIDField(source="medical_record_uuid", read_only=True, allow_null=True)
+    appointment = serializers.UUIDField(source="appointment_uuid", read_only=True, allow_null=True)
+
+    class Meta:
+        model = Document
+        fields = (
+            "id",
+            "patient",
+            "kind",
+            "original_name",
+            "content_type",
+            "size",
+            "sha256",
+            "medical_record",
+            "appointment",
+            "uploaded_by",
+            "created_at",
+            "expires_at",
+        )
+        read_only_fields = fields
+
+    def get_uploaded_by(self, document: Document) -> str | None:
+        user = document.uploaded_by
+        return user.get_full_name() or user.email if user is not None else None
+
+
+class DocumentUploadSerializer(serializers.Serializer[Any]):
+    file = serializers.FileField(allow_empty_file=True)  # an empty file is refused by the file layer, with its message
+    kind = serializers.ChoiceField(choices=DocumentKind.choices)
+    medical_record = serializers.UUIDField(required=False, allow_null=True)
+    appointment = serializers.UUIDField(required=False, allow_null=True)

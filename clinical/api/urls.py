@@ -29,4 +29,16 @@ urlpatterns = [
     path("me/patient/", views.MyPatientView.as_view(), name="my-patient"),
     path("me/records/", views.MyRecordListView.as_view(), name="my-record-list"),
     path("me/records/<uuid:record_uuid>/", views.MyRecordDetailView.as_view(), name="my-record-detail"),
+    path("patients/<uuid:uuid>/documents/", views.PatientDocumentListView.as_view(), name="document-list"),
+    path(
+        "patients/<uuid:uuid>/documents/<uuid:document_uuid>/download/",
+        views.PatientDocumentDownloadView.as_view(),
+        name="document-download",
+    ),
+    path("me/documents/", views.MyDocumentListView.as_view(), name="my-document-list"),
+    path(
+        "me/documents/<uuid:document_uuid>/download/",
+        views.MyDocumentDownloadView.as_view(),
+        name="my-document-download",
+    ),
 ]

@@ -9,17 +9,22 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from django.http import Http404
+from django.core.files.storage import default_storage
+from django.http import Http404, StreamingHttpResponse
+from django.utils.http import content_disposition_header
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics
 from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from clinical import access, services
 from clinical.api.serializers import (
+    DocumentSerializer,
+    DocumentUploadSerializer,
     PatientDetailSerializer,
     PatientSerializer,
     PatientUpdateSerializer,
@@ -28,11 +33,19 @@ from clinical.api.serializers import (
     RecordReasonSerializer,
     RecordSerializer,
 )
-from clinical.audit import patient_access_record, patient_list_access_record, purpose_for, record_access_record
+from clinical.audit import (
+    document_access_record,
+    patient_access_record,
+    patient_list_access_record,
+    purpose_for,
+    record_access_record,
+)
 from clinical.fhir import SYSTEM_ALIASES, system_uri
-from clinical.models import MedicalRecord, Patient, RecordStatus, RecordType, ValidationStatus
+from clinical.files import open_plaintext
+from clinical.models import Appointment, Document, MedicalRecord, Patient, RecordStatus, RecordType, ValidationStatus
 from clinical.selectors import (
     PATIENT_LIST_RELATED,
+    document_list,
     patient_list,
     patient_page_parts,
     record_list,
@@ -344,3 +357,147 @@ class MyRecordDetailView(MyRecordListView):
         record = self.visible_record(patient, record_uuid)
         self.audit(patient, [record], "api my record", purpose=purpose_for(request.user, "PATRQT"))
         return Response(RecordSerializer(record).data)
+
+
+# Documents ------------------------------------------------------------------------------
+
+
+def _linked(patient: Patient, data: dict[str, Any]) -> dict[str, Any]:
+    """The record and appointment named by UUID, among ``patient``'s own; another's answers 400 naming the field."""
+    links: dict[str, Any] = {}
+    errors: dict[str, list[str]] = {}
+    for name, model in (("medical_record", MedicalRecord), ("appointment", Appointment)):
+        wanted = data.get(name)
+        if wanted is None:
+            continue
+        found = model.objects.filter(patient=patient, uuid=wanted).first()  # type: ignore[attr-defined]
+        if found is None:
+            errors[name] = [f"This patient has no {name.replace('_', ' ')} with this id."]
+        links[name] = found
+    if errors:
+        raise ValidationError(errors)
+    return links
+
+
+def document_download_response(document: Document) -> StreamingHttpResponse:
+    """The decrypted bytes, streamed, as an attachment the browser must not render or keep.
+
+    The stored file is opened (and its header checked) before any byte is sent.
+    """
+    stream = open_plaintext(default_storage, document.storage_key, document_uuid=document.uuid)
+    content_type = f"{document.content_type}; charset=utf-8" if document.content_type == "text/plain" else None
+    response = StreamingHttpResponse(stream, content_type=content_type or document.content_type)
+    response["Content-Disposition"] = content_disposition_header(True, document.original_name)
+    response["Content-Length"] = str(document.size)
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Cache-Control"] = "no-store"
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    return response
+
+
+class PatientDocumentsMixin(PatientRecordsMixin):
+    def visible_document(self, patient: Patient, document_uuid: Any) -> Document:
+        document = document_list(patient=patient).filter(uuid=document_uuid).first()
+        if document is None:
+            raise Http404
+        return document
+
+    def audit_documents(
+        self, patient: Patient, documents: list[Document], view: str, purpose: str | None = None
+    ) -> None:
+        document_access_record(
+            user=self.request.user,
+            patient=patient,
+            documents=documents,
+            purpose=purpose or _purpose(self.request),
+            view=view,
+            remote_addr=_client_address(self.request),
+            scope=self.scope,
+        )
+
+    def upload(self, patient: Patient) -> Response:
+        serializer = DocumentUploadSerializer(data=self.request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        document = services.document_upload(
+            patient=patient,
+            upload=data["file"],
+            kind=data["kind"],
+            uploaded_by=self.request.user,
+            **_linked(patient, data),
+        )
+        return Response(DocumentSerializer(self.visible_document(patient, document.uuid)).data, status=201)
+
+
+class PatientDocumentListView(PatientDocumentsMixin, generics.GenericAPIView[Document]):
+    """A patient's documents, newest first. Staff with change access and the role's permission upload by POST."""
+
+    serializer_class = DocumentSerializer
+    pagination_class = RecordPagination
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+
+    @extend_schema(parameters=[PURPOSE_PARAMETER], responses=DocumentSerializer(many=True))
+    def get(self, request: Request, uuid: Any) -> Response:
+        patient = self.visible_patient(uuid)
+        page = self.paginate_queryset(document_list(patient=patient)) or []
+        self.audit_documents(patient, page, "api document list")
+        return self.get_paginated_response(DocumentSerializer(page, many=True).data)
+
+    @extend_schema(request={"multipart/form-data": DocumentUploadSerializer}, responses={201: DocumentSerializer})
+    def post(self, request: Request, uuid: Any) -> Response:
+        patient = self.visible_patient(uuid)
+        if not (request.user.has_perm("clinical.add_document") and access.can_change_patient(request.user, patient)):
+            raise PermissionDenied("You may see this patient but not add documents.")
+        return self.upload(patient)
+
+
+class PatientDocumentDownloadView(PatientDocumentsMixin, APIView):
+    """A document's file, decrypted; every download is recorded in the access log."""
+
+    @extend_schema(parameters=[PURPOSE_PARAMETER], responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
+    def get(self, request: Request, uuid: Any, document_uuid: Any) -> StreamingHttpResponse:
+        patient = self.visible_patient(uuid)
+        document = self.visible_document(patient, document_uuid)
+        response = document_download_response(document)
+        self.audit_documents(patient, [document], "api document download")
+        return response
+
+
+class MyDocumentListView(PatientDocumentsMixin, generics.GenericAPIView[Document]):
+    """The caller's own documents (patients using the portal), newest first; POST adds one."""
+
+    serializer_class = DocumentSerializer
+    pagination_class = RecordPagination
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+
+    def own_patient(self) -> Patient:
+        self.scope = access.scope_of(self.request.user, access.VIEW)
+        patient = access.patients_in(self.scope).filter(user_id=self.request.user.pk).first()
+        if patient is None:
+            raise Http404("You have no patient record.")
+        return patient
+
+    @extend_schema(responses=DocumentSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        patient = self.own_patient()
+        page = self.paginate_queryset(document_list(patient=patient)) or []
+        self.audit_documents(patient, page, "api my documents", purpose=purpose_for(request.user, "PATRQT"))
+        return self.get_paginated_response(DocumentSerializer(page, many=True).data)
+
+    @extend_schema(request={"multipart/form-data": DocumentUploadSerializer}, responses={201: DocumentSerializer})
+    def post(self, request: Request) -> Response:
+        return self.upload(self.own_patient())  # a patient may add documents to their own record
+
+
+class MyDocumentDownloadView(MyDocumentListView):
+    http_method_names = ["get", "head", "options"]
+
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
+    def get(self, request: Request, document_uuid: Any) -> StreamingHttpResponse:  # type: ignore[override]
+        patient = self.own_patient()
+        document = self.visible_document(patient, document_uuid)
+        response = document_download_response(document)
+        self.audit_documents(
+            patient, [document], "api my document download", purpose=purpose_for(request.user, "PATRQT")
+        )
+        return response

@@ -24,6 +24,7 @@ from clinical.models.directory import (
     Patient,
     ValidationStatus,
 )
+from clinical.models.documents import DOCUMENT_CONTENT_TYPES, Document, DocumentKind
 from clinical.models.grants import (
     BreakGlassReview,
     PatientUserObjectPermission,
@@ -51,6 +52,7 @@ from clinical.models.records import (
 )
 
 __all__ = [
+    "DOCUMENT_CONTENT_TYPES",
     "Address",
     "AllergyCategory",
     "AllergyCriticality",
@@ -63,6 +65,8 @@ __all__ = [
     "ConditionStatus",
     "Country",
     "Doctor",
+    "Document",
+    "DocumentKind",
     "Email",
     "EmailType",
     "Gender",

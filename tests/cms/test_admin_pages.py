@@ -11,6 +11,7 @@ from django.contrib import admin
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import Group, Permission
 from django.contrib.contenttypes.models import ContentType
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.forms import MultiWidget
 from django.test import Client, RequestFactory
@@ -103,7 +104,15 @@ def headline_rows(html):
 
 
 @pytest.fixture
-def admin_data(ref, roles, superuser, institution, doctor, make_user):
+def media_root(settings, tmp_path):
+    """The default storage in this test's own folder (documents' files)."""
+    storage = {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(tmp_path)}}
+    settings.STORAGES = {**settings.STORAGES, "default": storage}
+    return tmp_path
+
+
+@pytest.fixture
+def admin_data(ref, roles, superuser, institution, doctor, make_user, media_root):
     """One row (at least) for every model the admin shows."""
     condition = MedicalCondition.objects.order_by("code").first()
     medication = Medication.objects.order_by("id").first()
@@ -143,13 +152,20 @@ def admin_data(ref, roles, superuser, institution, doctor, make_user):
     emergency_doctor.groups.add(Group.objects.get(name="Doctor"))
     services.break_glass_open(user=emergency_doctor, patient=patient, reason="Unconscious in the emergency room")
     SystemSetting.objects.create(key="portal-banner", value={"text": "Welcome"})
-    services.record_create(
+    record = services.record_create(
         patient=patient,
         record_type="vital_signs",
         payload=build_vital_signs(
             kind="8867-4", value=64, effective=timezone.now(), patient_reference=f"Patient/{patient.uuid}"
         ),
         author=doctor.user,
+    )
+    services.document_upload(
+        patient=patient,
+        upload=SimpleUploadedFile("pulse-log.txt", b"Resting pulse 64/min, measured at home.\n"),
+        kind="other",
+        uploaded_by=doctor.user,
+        medical_record=record,
     )
     AccessAttempt.objects.create(
         username="someone@example.org",
@@ -399,6 +415,7 @@ def test_change_page_round_trip_keeps_the_patient_and_everything_inline(admin_da
         "phones",
         "addresses",
         "records",  # read only: saving the patient leaves records alone
+        "documents",  # read only, like records
     }
     assert "Heart rate" in page.content.decode()  # the record's summary, decrypted
 

@@ -1,0 +1,169 @@
+"""Admin screens for documents (imported at the end of ``clinical.admin``).
+
+Documents are read here, never edited: the change page is read-only and links
+to a download view that applies the access policy, records the access and
+streams the decrypted file as an attachment. Files are added through the API
+(``services.document_upload``). The patient page lists the patient's
+documents in a read-only inline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import F, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from clinical import access
+from clinical import models as m
+from clinical.admin import PatientAdmin
+from clinical.admin_base import CaretrailAdmin
+from clinical.api.views import document_download_response
+from clinical.audit import document_access_record, purpose_for
+
+
+def _download_link(document: m.Document) -> str:
+    url = reverse("admin:clinical_document_download", args=[document.pk])
+    return format_html("<a href='{}'>Download</a>", url)
+
+
+def _audit(request: HttpRequest, patient: m.Patient, documents: list[m.Document], view: str) -> None:
+    document_access_record(
+        user=request.user,
+        patient=patient,
+        documents=documents,
+        purpose=purpose_for(request.user, request.GET.get("purpose")),
+        view=view,
+        remote_addr=request.META.get("REMOTE_ADDR"),
+    )
+
+
+class DocumentInline(admin.TabularInline):
+    """The patient's documents, newest first, read only; each links to its page and its file."""
+
+    model = m.Document
+    fk_name = "patient"
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = ("kind", "original_name", "content_type", "size", "created_at", "download")
+    readonly_fields = fields
+    ordering = ("-created_at", "-id")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="file")
+    def download(self, obj: m.Document) -> str:
+        return _download_link(obj)
+
+
+PatientAdmin.change_inlines = [*PatientAdmin.change_inlines, DocumentInline]
+
+
+@admin.register(m.Document)
+class DocumentAdmin(CaretrailAdmin):
+    list_display = ("patient", "kind", "original_name", "content_type", "size", "uploaded_by", "created_at")
+    list_filter = ("kind", "content_type")
+    search_fields = ("patient__mrn", "patient__last_name")
+    list_select_related = ("patient", "uploaded_by")
+    show_full_result_count = False
+    readonly_fields = (
+        "uuid",
+        "patient",
+        "kind",
+        "original_name",
+        "content_type",
+        "size",
+        "sha256",
+        "record",
+        "appointment_uuid",
+        "uploaded_by",
+        "created_at",
+        "expires_at",
+        "download",
+    )
+    fields = readonly_fields
+
+    # Access ------------------------------------------------------------------------------
+    def get_queryset(self, request: HttpRequest) -> QuerySet[m.Document]:
+        documents = (
+            super()
+            .get_queryset(request)
+            .annotate(medical_record_uuid=F("medical_record__uuid"), appointment_uuid=F("appointment__uuid"))
+        )
+        if request.user.is_superuser:
+            return documents
+        return documents.filter(patient__in=access.patients_visible_to(request.user))
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None:
+            return access.can_view_patient(request.user, obj.patient)
+        return super().has_view_permission(request) or access.holds_grants(request.user, access.VIEW)
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return super().has_module_permission(request) or access.holds_grants(request.user, access.VIEW)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # files arrive through services.document_upload (the API)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # deletion is a retention decision
+
+    # Fields ------------------------------------------------------------------------------
+    @admin.display(description="medical record")
+    def record(self, obj: m.Document) -> str:
+        if obj.medical_record_id is None:
+            return "—"
+        url = reverse("admin:clinical_medicalrecord_change", args=[obj.medical_record_id])
+        return format_html("<a href='{}'>{}</a>", url, getattr(obj, "medical_record_uuid", "") or obj.medical_record_id)
+
+    @admin.display(description="appointment")
+    def appointment_uuid(self, obj: m.Document) -> str:
+        return str(getattr(obj, "appointment_uuid", None) or "—")
+
+    @admin.display(description="file")
+    def download(self, obj: m.Document) -> str:
+        return _download_link(obj)
+
+    # Read auditing -------------------------------------------------------------------------
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> Any:
+        document = self.get_object(request, object_id)
+        response = super().change_view(request, object_id, form_url, extra_context)
+        if request.method == "GET" and document is not None and getattr(response, "status_code", 0) == 200:
+            _audit(request, document.patient, [document], "admin document")
+        return response
+
+    def auditlog_history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        document = self.get_object(request, object_id)
+        response = super().auditlog_history_view(request, object_id, extra_context)
+        if document is not None and getattr(response, "status_code", 0) == 200:
+            _audit(request, document.patient, [document], "admin document history")
+        return response
+
+    # The file ---------------------------------------------------------------------------------
+    def get_urls(self) -> list[Any]:
+        view = self.admin_site.admin_view
+        extra = [path("<int:pk>/download/", view(self.download_view), name="clinical_document_download")]
+        return extra + super().get_urls()
+
+    def download_view(self, request: HttpRequest, pk: int) -> StreamingHttpResponse:
+        document = self.get_queryset(request).select_related("patient").filter(pk=pk).first()
+        if document is None or not self.has_view_permission(request, document):
+            raise Http404
+        response = document_download_response(document)
+        _audit(request, document.patient, [document], "admin document download")
+        return response
