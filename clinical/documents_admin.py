@@ -88,6 +88,8 @@ class DocumentAdmin(CaretrailAdmin):
         "created_at",
         "expires_at",
         "download",
+        "extraction_status",
+        "extracted_text",
     )
     fields = readonly_fields
 
@@ -120,6 +122,29 @@ class DocumentAdmin(CaretrailAdmin):
         return False  # deletion is a retention decision
 
     # Fields ------------------------------------------------------------------------------
+    @admin.display(description="text extraction")
+    def extraction_status(self, obj: m.Document) -> str:
+        extraction = m.DocumentExtraction.objects.filter(document=obj).first()
+        if extraction is None:
+            return "—"
+        details = [extraction.get_status_display()]
+        if extraction.engine:
+            details.append(f"engine {extraction.engine}")
+        if extraction.page_count:
+            details.append(f"{extraction.page_count} page(s)")
+        if extraction.confidence is not None:
+            details.append(f"confidence {extraction.confidence:.0%}")
+        if extraction.error:
+            details.append(extraction.error)
+        return ", ".join(details)
+
+    @admin.display(description="extracted text")
+    def extracted_text(self, obj: m.Document) -> str:
+        extraction = m.DocumentExtraction.objects.filter(document=obj).first()
+        if extraction is None or not extraction.text:
+            return "—"
+        return format_html("<pre style='white-space: pre-wrap'>{}</pre>", extraction.text)
+
     @admin.display(description="medical record")
     def record(self, obj: m.Document) -> str:
         if obj.medical_record_id is None:

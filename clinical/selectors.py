@@ -153,5 +153,10 @@ def document_list(*, patient: Patient) -> QuerySet[Any]:
     return (
         Document.objects.filter(patient=patient)
         .select_related("patient", "uploaded_by")
-        .annotate(medical_record_uuid=F("medical_record__uuid"), appointment_uuid=F("appointment__uuid"))
+        .annotate(
+            medical_record_uuid=F("medical_record__uuid"),
+            appointment_uuid=F("appointment__uuid"),
+            extraction_status=F("extraction__status"),
+            extraction_engine=F("extraction__engine"),
+        )
     )

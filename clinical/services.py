@@ -755,7 +755,65 @@ def document_upload(
     except BaseException:
         files.discard(storage, stored.key)
         raise
+    document_extraction_queue(document=document)
     return document
+
+
+def document_extraction_queue(*, document: Any) -> None:
+    """Mark the document's text as pending and extract it in a Celery task after commit (the task takes the id)."""
+    from clinical.models import DocumentExtraction, ExtractionStatus
+    from clinical.tasks import document_extract_task
+
+    DocumentExtraction.objects.update_or_create(
+        document=document, defaults={"status": ExtractionStatus.PENDING, "error": ""}
+    )
+    transaction.on_commit(lambda: document_extract_task.delay(document.pk))
+
+
+def document_extract(*, document: Any, storage: Any = None) -> Any:
+    """Extract ``document``'s text now and keep it (encrypted) in its extraction row. Safe to re-run.
+
+    The file is decrypted completely before the text is trusted (truncation shows only at
+    the end); a file that fails to decrypt is recorded as failed, not raised.
+    """
+    import io
+    import time
+
+    from django.core.files.storage import default_storage
+
+    from accounts.encryption import DecryptionError
+    from clinical import extraction, files
+    from clinical.models import DocumentExtraction
+
+    storage = storage if storage is not None else default_storage
+    started = time.perf_counter()
+    try:
+        with files.open_plaintext(storage, document.storage_key, document_uuid=document.uuid) as stream:
+            plaintext = b"".join(stream)
+    except (DecryptionError, OSError) as exc:
+        result = extraction.Extraction(
+            engine="none",
+            status="failed",
+            text="",
+            page_count=None,
+            confidence=None,
+            error=f"the stored file could not be read ({type(exc).__name__})",
+            duration_ms=(time.perf_counter() - started) * 1000,
+        )
+    else:
+        result = extraction.extract(io.BytesIO(plaintext), document.content_type)
+    with transaction.atomic():
+        row, _ = DocumentExtraction.objects.select_for_update().get_or_create(document=document)
+        row.status = result.status
+        row.engine = result.engine
+        row.text = result.text or None
+        row.page_count = result.page_count
+        row.confidence = None if result.confidence is None else round(result.confidence, 3)
+        row.error = result.error[:200]
+        row.duration_ms = round(result.duration_ms)
+        row.runs += 1
+        row.save()
+    return row
 
 
 def document_relink(document_uuid: Any, old_key: str, new_key: str) -> bool:

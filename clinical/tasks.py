@@ -12,3 +12,15 @@ def ledger_head_publish_task() -> int | None:
     """Publish the ledger's head (``LEDGER_HEAD_PUBLISHER``) and keep a checkpoint; returns its sequence number."""
     checkpoint = ledger.publish_head()
     return checkpoint.seq if checkpoint else None
+
+
+@shared_task(name="clinical.document_extract", soft_time_limit=300, time_limit=330)
+def document_extract_task(document_id: int) -> str:
+    """Extract a document's text (by id; no PHI in the arguments); returns the extraction status."""
+    from clinical.models import Document
+    from clinical.services import document_extract
+
+    document = Document.objects.filter(pk=document_id).first()
+    if document is None:  # deleted before the task ran
+        return "missing"
+    return str(document_extract(document=document).status)

@@ -213,8 +213,16 @@ class DocumentSerializer(serializers.ModelSerializer[Document]):
             "uploaded_by",
             "created_at",
             "expires_at",
+            "extraction",
         )
         read_only_fields = fields
+
+    extraction = serializers.SerializerMethodField()
+
+    def get_extraction(self, document: Document) -> dict[str, Any] | None:
+        """Where text extraction stands (the text itself is shown in the admin only)."""
+        status, engine = getattr(document, "extraction_status", None), getattr(document, "extraction_engine", None)
+        return None if status is None else {"status": status, "engine": engine}
 
     def get_uploaded_by(self, document: Document) -> str | None:
         user = document.uploaded_by

@@ -24,7 +24,13 @@ from clinical.models.directory import (
     Patient,
     ValidationStatus,
 )
-from clinical.models.documents import DOCUMENT_CONTENT_TYPES, Document, DocumentKind
+from clinical.models.documents import (
+    DOCUMENT_CONTENT_TYPES,
+    Document,
+    DocumentExtraction,
+    DocumentKind,
+    ExtractionStatus,
+)
 from clinical.models.grants import (
     BreakGlassReview,
     PatientUserObjectPermission,
@@ -66,9 +72,11 @@ __all__ = [
     "Country",
     "Doctor",
     "Document",
+    "DocumentExtraction",
     "DocumentKind",
     "Email",
     "EmailType",
+    "ExtractionStatus",
     "Gender",
     "HealthProfile",
     "InstitutionMembership",

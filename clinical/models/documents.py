@@ -81,3 +81,42 @@ class Document(TimestampedModel):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} {self.uuid} ({self.content_type})"
+
+
+class ExtractionStatus(models.TextChoices):
+    PENDING = "pending", "Waiting for the extraction task"
+    DONE = "done", "Text extracted"
+    EMPTY = "empty", "No text found"
+    ENGINE_MISSING = "engine_missing", "Extraction engine not installed"
+    FAILED = "failed", "Extraction failed"
+    UNSUPPORTED = "unsupported", "Type not supported"
+
+
+class DocumentExtraction(TimestampedModel):
+    """The text of a document (``clinical.extraction``), one row per document, rewritten on each run.
+
+    The text is PHI and stored encrypted; ``error`` never holds document text.
+    """
+
+    document = models.OneToOneField(Document, on_delete=models.PROTECT, related_name="extraction")
+    status = models.CharField(max_length=20, choices=ExtractionStatus.choices, default=ExtractionStatus.PENDING)
+    engine = models.CharField(max_length=20, blank=True, default="")
+    text = EncryptedTextField(null=True, blank=True)
+    page_count = models.PositiveIntegerField(null=True, blank=True)
+    confidence = models.DecimalField(max_digits=4, decimal_places=3, null=True, blank=True)
+    error = models.CharField(max_length=200, blank=True, default="")
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    runs = models.PositiveIntegerField(default=0)
+
+    objects = EncryptedManager()
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(confidence__isnull=True) | Q(confidence__gte=0, confidence__lte=1),
+                name="clinical_extraction_confidence_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"extraction of {self.document_id}: {self.status}"
