@@ -12,7 +12,6 @@ from django.db import connection
 from clinical import services
 from clinical.models import DocumentExtraction, ExtractionStatus
 from tests.clinical.test_extraction import SCANNED_WORDS, encoded, normalised, text_image, text_pdf
-from tests.config.test_celery import real_worker  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.django_db
 
@@ -87,13 +86,3 @@ def test_a_file_that_no_longer_decrypts_is_recorded_as_failed_not_raised(patient
     assert extraction.status == "failed"
     assert extraction.text is None
     assert "4711" not in extraction.error
-
-
-@pytest.mark.django_db(transaction=True)
-def test_the_task_runs_on_a_real_worker(real_worker, make_patient) -> None:  # noqa: F811
-    from clinical.tasks import document_extract_task
-
-    document = upload(make_patient(), "report.pdf", text_pdf(PDF_LINE), "application/pdf")
-    result = document_extract_task.delay(document.pk)
-    assert result.get(timeout=60) == "done"
-    assert PDF_LINE in DocumentExtraction.objects.get(document=document).text
