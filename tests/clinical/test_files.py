@@ -877,9 +877,7 @@ def test_rotation_runs_in_rotate_keys_once_registered(
 
     def factory() -> list[FileRotator]:
         # Named apart from the project's own document rotator, which is registered too.
-        return [
-            FileRotator(storage=backend.storage, files=table.files, relink=table.relink, table="test_documents")
-        ]
+        return [FileRotator(storage=backend.storage, files=table.files, relink=table.relink, table="test_documents")]
 
     register_rotators(factory)
     try:
