@@ -19,7 +19,7 @@ import datetime
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -77,8 +77,29 @@ def _check_doctor_works_there(doctor: Doctor, institution: MedicalInstitution, e
         raise ValidationError({"doctor": "The doctor has no doctor membership at this institution for that time."})
 
 
+DEADLOCK_DETECTED = "40P01"
+
+
+def _lock_calendars(appointment: Appointment) -> None:
+    """Queue this transaction behind others booking the same doctor or patient (released at commit).
+
+    Two concurrent inserts that conflict on an exclusion constraint wait for each other
+    while checking it, and PostgreSQL then fails one with a deadlock. Taking the two
+    calendars' locks first, always in the same order, turns that into a plain wait: the
+    second booking then meets the first one's row and fails on the constraint.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(k) FROM unnest(ARRAY["
+            "hashtextextended('caretrail.appointment.doctor.' || %s, 0),"
+            "hashtextextended('caretrail.appointment.patient.' || %s, 0)]) AS k ORDER BY k",
+            [appointment.doctor_id, appointment.patient_id],
+        )
+
+
 def _save_scheduled(appointment: Appointment, **save_options: Any) -> None:
     """Save in a savepoint; an overlap becomes a ValidationError on ``starts_at``, never a 500."""
+    _lock_calendars(appointment)
     try:
         with transaction.atomic():
             appointment.save(**save_options)
@@ -86,6 +107,12 @@ def _save_scheduled(appointment: Appointment, **save_options: Any) -> None:
         constraint = getattr(getattr(exc.__cause__, "diag", None), "constraint_name", None)
         if constraint in OVERLAP_MESSAGES:
             raise ValidationError({"starts_at": OVERLAP_MESSAGES[constraint]}) from exc
+        raise
+    except OperationalError as exc:
+        # Should a deadlock still happen (a writer that skipped _lock_calendars), the other
+        # booking took the slot.
+        if getattr(exc.__cause__, "sqlstate", None) == DEADLOCK_DETECTED:
+            raise ValidationError({"starts_at": "Someone else just booked this time; choose another."}) from exc
         raise
 
 

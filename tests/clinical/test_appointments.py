@@ -747,11 +747,14 @@ def test_the_database_keeps_appointments_with_a_doctor_who_left_and_records_hist
 
 
 def book_at_once(bookings: list[dict[str, Any]]) -> tuple[list[Appointment], list[ValidationError]]:
-    """Run each booking on its own thread and connection; all of them INSERT at the same moment.
+    """Run each booking on its own thread and connection; all of them reach the database's gate at once.
 
-    A barrier in front of the INSERT holds every writer until all have passed
-    the service's checks inside their own open transaction, so none of them
-    can see the other's row: only the database can keep one out.
+    A barrier in front of the calendar lock (the service's last step before its
+    INSERT) holds every writer until all have passed the service's checks inside
+    their own open transaction, so none of them saw the other's row: only the
+    database can keep one out. The lock makes the later writer wait for the
+    earlier one's commit, then the exclusion constraint refuses its row (without
+    the lock, PostgreSQL may fail one with a deadlock instead).
     """
     at_the_insert = threading.Barrier(len(bookings), timeout=30)
     booked: list[Appointment] = []
@@ -759,7 +762,7 @@ def book_at_once(bookings: list[dict[str, Any]]) -> tuple[list[Appointment], lis
     unexpected: list[BaseException] = []
 
     def hold_the_insert(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        if sql.startswith('INSERT INTO "clinical_appointment"'):
+        if "pg_advisory_xact_lock" in sql and "caretrail.appointment" in sql:
             at_the_insert.wait()
         return execute(sql, params, many, context)
 
