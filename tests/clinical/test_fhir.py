@@ -10,7 +10,6 @@ import datetime as dt
 import functools
 import json
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,8 +40,8 @@ from clinical.fhir import (
     FhirValidationError,
     Quantity,
 )
+from tests.samples import SAMPLES_DIR
 
-SAMPLES_DIR = Path(__file__).resolve().parents[3] / "shared" / "fhir-samples"
 PATIENT = "Patient/9a628ccd-2a55-4331-8e68-bb58458fd674"
 WHEN = dt.datetime(2024, 5, 1, 9, 30, tzinfo=dt.UTC)
 

@@ -19,7 +19,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from io import StringIO
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -37,10 +36,10 @@ from clinical.models import LedgerCheckpoint, LedgerEntry, LedgerEntryKind, Medi
 from clinical.tasks import ledger_head_publish_task
 from config.embedded import new_field_key
 from tests.db import rule_name
+from tests.samples import SAMPLES_DIR
 
 pytestmark = pytest.mark.django_db
 
-SAMPLES_DIR = Path(__file__).resolve().parents[3] / "shared" / "fhir-samples"
 WHEN = datetime.datetime(2024, 5, 1, 9, 30, tzinfo=datetime.UTC)
 NO_ENTRY = "written outside the application, or its entry was removed"
 

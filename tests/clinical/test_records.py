@@ -9,7 +9,6 @@ import copy
 import datetime
 import functools
 import json
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -34,10 +33,10 @@ from clinical.models import (
 )
 from clinical.services import PayloadInvalid
 from tests.db import rule_name
+from tests.samples import SAMPLES_DIR
 
 pytestmark = pytest.mark.django_db
 
-SAMPLES_DIR = Path(__file__).resolve().parents[3] / "shared" / "fhir-samples"
 WHEN = datetime.datetime(2019, 3, 14, 8, 15, tzinfo=datetime.UTC)
 SYNTHEA_TYPES = ("Observation", "Condition", "MedicationRequest", "Immunization", "AllergyIntolerance", "Procedure")
 
