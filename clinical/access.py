@@ -225,6 +225,11 @@ class VisiblePatients:
     load: Callable[[QuerySet[Patient]], QuerySet[Patient]] = lambda queryset: queryset
     filters: tuple[tuple[str, Any], ...] = ()
 
+    def __post_init__(self) -> None:
+        unknown = {column for column, _ in self.filters} - PAGE_FILTERS
+        if unknown:  # column names go into the SQL text: only the allow-listed ones
+            raise ValueError(f"cannot filter a patient page by {sorted(unknown)}")
+
     def filter(self, **values: Any) -> VisiblePatients:
         unknown = set(values) - PAGE_FILTERS
         if unknown:

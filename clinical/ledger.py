@@ -30,6 +30,7 @@ the head in :class:`~clinical.models.LedgerCheckpoint` only. The scheduled task
 from __future__ import annotations
 
 import datetime
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from clinical.canonical import sha256_hex
 from clinical.models import LedgerCheckpoint, LedgerEntry, LedgerEntryKind, LedgerHead, MedicalRecord
 
 GENESIS_HASH = schema.LEDGER_GENESIS_HASH
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # Where a problem with no place in the chain (a record without any ledger entry) sorts: after every entry.
 AFTER_CHAIN = 2**63 - 1
 
@@ -129,6 +131,9 @@ def append(record: MedicalRecord, kind: str = LedgerEntryKind.VERSION) -> Ledger
     """
     if not connection.in_atomic_block:
         raise RuntimeError("ledger.append must run inside the record's transaction")
+    # The SQL writes these into the hashed JSON unescaped: they must need no escaping.
+    if kind not in LedgerEntryKind.values or not _HEX64.match(record.data_hash or ""):
+        raise ValueError("a ledger entry needs a known kind and a hex SHA-256 data hash")
     created_at = timezone.now()
     entry = LedgerEntry(
         uuid=uuid.uuid4(),

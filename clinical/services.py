@@ -8,6 +8,7 @@ error. A failure anywhere rolls the whole service back.
 from __future__ import annotations
 
 import datetime
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -46,6 +47,8 @@ from clinical.models import (
     Specialty,
     ValidationStatus,
 )
+
+logger = logging.getLogger(__name__)
 
 User = get_user_model()
 MRN_DIGITS = 8
@@ -790,7 +793,9 @@ def document_extract(*, document: Any, storage: Any = None) -> Any:
     try:
         with files.open_plaintext(storage, document.storage_key, document_uuid=document.uuid) as stream:
             plaintext = b"".join(stream)
-    except (DecryptionError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - recorded as failed (class name only), never left pending
+        if not isinstance(exc, (DecryptionError, OSError)):
+            logger.warning("document %s: reading the stored file failed (%s)", document.pk, type(exc).__name__)
         result = extraction.Extraction(
             engine="none",
             status="failed",

@@ -54,10 +54,12 @@ class Cursor:
         try:
             padded = token + "=" * (-len(token) % 4)
             stamp, row_id, forward = json.loads(base64.urlsafe_b64decode(padded.encode()))
-            key = (datetime.fromisoformat(stamp), int(row_id))
+            if type(row_id) is not int:
+                raise TypeError("the row id is not an integer")
+            key = (datetime.fromisoformat(stamp), row_id)
             if key[0].tzinfo is None or forward not in (0, 1):
                 raise ValueError("naive timestamp or bad direction")
-        except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
+        except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError, RecursionError) as exc:
             raise ValidationError({CURSOR_PARAM: ["Invalid cursor: follow the next and previous links."]}) from exc
         return cls(key=key, forward=bool(forward))
 

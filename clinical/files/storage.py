@@ -19,6 +19,7 @@ call ``discard(storage, key)``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import re
 import tempfile
@@ -105,10 +106,13 @@ def open_plaintext(
     try:
         header = read_header(sealed)
         records = open_records(sealed, header, document_uuid=document_uuid, ring=ring)
+        # The first record is opened now, so a file damaged from its start fails before a
+        # response (and its 200) exists; later damage still fails while streaming.
+        first = next(records, None)
     except BaseException:
         sealed.close()
         raise
-    return PlaintextStream(records, sealed)
+    return PlaintextStream(records if first is None else itertools.chain([first], records), sealed)
 
 
 class PlaintextStream(Iterator[bytes]):
