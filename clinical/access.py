@@ -301,6 +301,11 @@ def can_add_record(user: Any, patient: Patient) -> bool:
     return _signed_in(user) and user.has_perm("clinical.add_medicalrecord") and can_change_patient(user, patient)
 
 
+def can_add_document(user: Any, patient: Patient) -> bool:
+    """Upload a document to ``patient`` as staff: the role's permission and change access to the patient."""
+    return _signed_in(user) and user.has_perm("clinical.add_document") and can_change_patient(user, patient)
+
+
 def can_amend_record(user: Any, patient: Patient) -> bool:
     """Amend or mark entered-in-error a record of ``patient``."""
     return _signed_in(user) and user.has_perm("clinical.change_medicalrecord") and can_change_patient(user, patient)

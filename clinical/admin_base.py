@@ -7,8 +7,10 @@ from typing import Any
 from auditlog.mixins import AuditlogHistoryAdminMixin
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 
+from clinical import access
 from clinical import models as m
 from clinical.audit import patient_access_record, purpose_for, record_access_record
 
@@ -37,3 +39,34 @@ class CaretrailAdmin(AuditlogHistoryAdminMixin, admin.ModelAdmin):
                 remote_addr=request.META.get("REMOTE_ADDR"),
             )
         return super().auditlog_history_view(request, object_id, extra_context)
+
+
+class PatientScopedAdmin(CaretrailAdmin):
+    """An admin over rows that belong to a patient: only visible patients' rows show."""
+
+    patient_field = "patient"
+
+    def visible_rows(self, request: HttpRequest) -> Q:
+        return Q(**{f"{self.patient_field}__in": access.patients_visible_to(request.user)})
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        queryset = super().get_queryset(request)
+        return queryset if request.user.is_superuser else queryset.filter(self.visible_rows(request))
+
+    def _patient_of(self, obj: Any) -> m.Patient | None:
+        return getattr(obj, self.patient_field, None)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        patient = self._patient_of(obj) if obj is not None else None
+        allowed = super().has_view_permission(request, obj)
+        return allowed and (patient is None or access.can_view_patient(request.user, patient))
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        patient = self._patient_of(obj) if obj is not None else None
+        allowed = super().has_change_permission(request, obj)
+        return allowed and (patient is None or access.can_change_patient(request.user, patient))
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "patient":
+            kwargs["queryset"] = access.patients_changeable_by(request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)

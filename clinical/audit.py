@@ -59,21 +59,67 @@ def patient_access_record(
     return entry
 
 
+def _access_entry(
+    *, model: Any, user: Any, object_pk: str, label: str, remote_addr: str | None, data: dict[str, Any]
+) -> LogEntry:
+    """An ACCESS entry with no object row of its own (list pages, reads of a patient's objects)."""
+    entry: LogEntry = LogEntry.objects.create(
+        content_type=ContentType.objects.get_for_model(model),
+        object_pk=object_pk,
+        object_id=None,
+        object_repr=label,
+        action=LogEntry.Action.ACCESS,
+        changes=None,
+        actor=user if getattr(user, "is_authenticated", False) else None,
+        remote_addr=remote_addr,
+        additional_data=data,
+    )
+    return entry
+
+
 def patient_list_access_record(
     *, user: Any, patients: Iterable[Patient], purpose: str, view: str, remote_addr: str | None = None
 ) -> LogEntry:
     """One ACCESS entry for a list page, naming the patients it showed."""
     shown = [str(p.uuid) for p in patients]
-    return LogEntry.objects.create(
-        content_type=ContentType.objects.get_for_model(Patient),
+    return _access_entry(
+        model=Patient,
+        user=user,
         object_pk="",
-        object_id=None,
-        object_repr=f"{view}: {len(shown)} patient(s)",
-        action=LogEntry.Action.ACCESS,
-        changes=None,
-        actor=user if getattr(user, "is_authenticated", False) else None,
+        label=f"{view}: {len(shown)} patient(s)",
         remote_addr=remote_addr,
-        additional_data={"purpose_of_use": purpose, "break_glass": False, "list": view, "patients": shown},
+        data={"purpose_of_use": purpose, "break_glass": False, "list": view, "patients": shown},
+    )
+
+
+def _patient_objects_access_record(
+    *,
+    model: Any,
+    plural: str,
+    user: Any,
+    patient: Patient,
+    objects: Iterable[Any],
+    purpose: str,
+    view: str,
+    remote_addr: str | None,
+    scope: access.Scope | None,
+) -> LogEntry:
+    """One ACCESS entry for a read of some of ``patient``'s records or documents (a page, or one)."""
+    shown = [str(obj.uuid) for obj in objects]
+    break_glass = access.is_break_glass_access(user, patient, scope)
+    return _access_entry(
+        model=model,
+        user=user,
+        object_pk=shown[0] if len(shown) == 1 else "",
+        label=f"{view}: {len(shown)} {plural[:-1]}(s)",
+        remote_addr=remote_addr,
+        data={
+            "purpose_of_use": EMERGENCY_TREATMENT if break_glass else purpose,
+            "break_glass": break_glass,
+            "view": view,
+            "patient": str(patient.uuid),
+            plural: shown,
+        },
     )
 
 
@@ -88,24 +134,16 @@ def record_access_record(
     scope: access.Scope | None = None,
 ) -> LogEntry:
     """One ACCESS entry for a read of ``patient``'s medical records (a list page or one record)."""
-    shown = [str(record.uuid) for record in records]
-    break_glass = access.is_break_glass_access(user, patient, scope)
-    return LogEntry.objects.create(
-        content_type=ContentType.objects.get_for_model(MedicalRecord),
-        object_pk=str(shown[0]) if len(shown) == 1 else "",
-        object_id=None,
-        object_repr=f"{view}: {len(shown)} record(s)",
-        action=LogEntry.Action.ACCESS,
-        changes=None,
-        actor=user if getattr(user, "is_authenticated", False) else None,
+    return _patient_objects_access_record(
+        model=MedicalRecord,
+        plural="records",
+        user=user,
+        patient=patient,
+        objects=records,
+        purpose=purpose,
+        view=view,
         remote_addr=remote_addr,
-        additional_data={
-            "purpose_of_use": EMERGENCY_TREATMENT if break_glass else purpose,
-            "break_glass": break_glass,
-            "view": view,
-            "patient": str(patient.uuid),
-            "records": shown,
-        },
+        scope=scope,
     )
 
 
@@ -114,16 +152,13 @@ def record_list_access_record(
 ) -> LogEntry:
     """One ACCESS entry for a page of records that may span patients (the admin's record list)."""
     rows = list(records)
-    return LogEntry.objects.create(
-        content_type=ContentType.objects.get_for_model(MedicalRecord),
+    return _access_entry(
+        model=MedicalRecord,
+        user=user,
         object_pk="",
-        object_id=None,
-        object_repr=f"{view}: {len(rows)} record(s)",
-        action=LogEntry.Action.ACCESS,
-        changes=None,
-        actor=user if getattr(user, "is_authenticated", False) else None,
+        label=f"{view}: {len(rows)} record(s)",
         remote_addr=remote_addr,
-        additional_data={
+        data={
             "purpose_of_use": purpose,
             "break_glass": False,
             "view": view,
@@ -144,22 +179,14 @@ def document_access_record(
     scope: access.Scope | None = None,
 ) -> LogEntry:
     """One ACCESS entry for a read of ``patient``'s documents (a list page, or one file downloaded)."""
-    shown = [str(document.uuid) for document in documents]
-    break_glass = access.is_break_glass_access(user, patient, scope)
-    return LogEntry.objects.create(
-        content_type=ContentType.objects.get_for_model(Document),
-        object_pk=str(shown[0]) if len(shown) == 1 else "",
-        object_id=None,
-        object_repr=f"{view}: {len(shown)} document(s)",
-        action=LogEntry.Action.ACCESS,
-        changes=None,
-        actor=user if getattr(user, "is_authenticated", False) else None,
+    return _patient_objects_access_record(
+        model=Document,
+        plural="documents",
+        user=user,
+        patient=patient,
+        objects=documents,
+        purpose=purpose,
+        view=view,
         remote_addr=remote_addr,
-        additional_data={
-            "purpose_of_use": EMERGENCY_TREATMENT if break_glass else purpose,
-            "break_glass": break_glass,
-            "view": view,
-            "patient": str(patient.uuid),
-            "documents": shown,
-        },
+        scope=scope,
     )

@@ -17,10 +17,9 @@ from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpRespons
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from clinical import access
 from clinical import models as m
 from clinical.admin import PatientAdmin
-from clinical.admin_base import CaretrailAdmin
+from clinical.admin_base import PatientScopedAdmin
 from clinical.api.views import document_download_response
 from clinical.audit import document_access_record, purpose_for
 
@@ -67,8 +66,15 @@ class DocumentInline(admin.TabularInline):
 PatientAdmin.change_inlines = [*PatientAdmin.change_inlines, DocumentInline]
 
 
+def _extraction_of(document: m.Document) -> m.DocumentExtraction | None:
+    """The document's extraction row, read once per page (two fields show it)."""
+    if "_extraction" not in document.__dict__:
+        document.__dict__["_extraction"] = m.DocumentExtraction.objects.filter(document=document).first()
+    return document.__dict__["_extraction"]  # type: ignore[no-any-return]
+
+
 @admin.register(m.Document)
-class DocumentAdmin(CaretrailAdmin):
+class DocumentAdmin(PatientScopedAdmin):
     list_display = ("patient", "kind", "original_name", "content_type", "size", "uploaded_by", "created_at")
     list_filter = ("kind", "content_type")
     search_fields = ("patient__mrn", "patient__last_name")
@@ -93,24 +99,13 @@ class DocumentAdmin(CaretrailAdmin):
     )
     fields = readonly_fields
 
-    # Access ------------------------------------------------------------------------------
+    # Access (PatientScopedAdmin: only visible patients' documents) ----------------------------
     def get_queryset(self, request: HttpRequest) -> QuerySet[m.Document]:
-        documents = (
+        return (
             super()
             .get_queryset(request)
             .annotate(medical_record_uuid=F("medical_record__uuid"), appointment_uuid=F("appointment__uuid"))
         )
-        if request.user.is_superuser:
-            return documents
-        return documents.filter(patient__in=access.patients_visible_to(request.user))
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if obj is not None:
-            return access.can_view_patient(request.user, obj.patient)
-        return super().has_view_permission(request) or access.holds_grants(request.user, access.VIEW)
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return super().has_module_permission(request) or access.holds_grants(request.user, access.VIEW)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # files arrive through services.document_upload (the API)
@@ -124,7 +119,7 @@ class DocumentAdmin(CaretrailAdmin):
     # Fields ------------------------------------------------------------------------------
     @admin.display(description="text extraction")
     def extraction_status(self, obj: m.Document) -> str:
-        extraction = m.DocumentExtraction.objects.filter(document=obj).first()
+        extraction = _extraction_of(obj)
         if extraction is None:
             return "—"
         details = [extraction.get_status_display()]
@@ -140,7 +135,7 @@ class DocumentAdmin(CaretrailAdmin):
 
     @admin.display(description="extracted text")
     def extracted_text(self, obj: m.Document) -> str:
-        extraction = m.DocumentExtraction.objects.filter(document=obj).first()
+        extraction = _extraction_of(obj)
         if extraction is None or not extraction.text:
             return "—"
         return format_html("<pre style='white-space: pre-wrap'>{}</pre>", extraction.text)

@@ -357,9 +357,3 @@ def _verify(*, chunk_size: int, progress: Callable[[str, int], None] | None) -> 
     problems.sort(key=lambda problem: problem.seq)
     report.problems = problems
     return report
-
-
-@transaction.atomic
-def tombstone(record: MedicalRecord) -> LedgerEntry:
-    """Record a deletion allowed by policy (retention, erasure) before the row goes."""
-    return append(record, LedgerEntryKind.TOMBSTONE)

@@ -28,7 +28,7 @@ from django.utils.html import format_html, format_html_join
 
 from clinical import access, fhir, services
 from clinical import models as m
-from clinical.admin_base import CaretrailAdmin
+from clinical.admin_base import PatientScopedAdmin
 from clinical.audit import purpose_for, record_access_record, record_list_access_record
 from clinical.selectors import with_record_details
 
@@ -240,7 +240,7 @@ class MedicalRecordInline(admin.TabularInline):
 
 
 @admin.register(m.MedicalRecord)
-class MedicalRecordAdmin(CaretrailAdmin):
+class MedicalRecordAdmin(PatientScopedAdmin):
     list_display = (
         "patient",
         "record_type",
@@ -292,20 +292,9 @@ class MedicalRecordAdmin(CaretrailAdmin):
         ("Integrity", {"fields": ("data_hash", "ledger_entry"), "classes": ("collapse",)}),
     )
 
-    # Access ------------------------------------------------------------------------------
+    # Access (PatientScopedAdmin: only visible patients' records) ------------------------------
     def get_queryset(self, request: HttpRequest) -> QuerySet[m.MedicalRecord]:
-        records = with_record_details(super().get_queryset(request))
-        if request.user.is_superuser:
-            return records
-        return records.filter(patient__in=access.patients_visible_to(request.user))
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        if obj is not None:
-            return access.can_view_patient(request.user, obj.patient)
-        return super().has_view_permission(request) or access.holds_grants(request.user, access.VIEW)
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return super().has_module_permission(request) or access.holds_grants(request.user, access.VIEW)
+        return with_record_details(super().get_queryset(request))
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # records change only through the actions below

@@ -50,6 +50,15 @@ from clinical.models import (
 
 logger = logging.getLogger(__name__)
 
+
+def _reason_given(reason: str | None, ask: str) -> str:
+    """``reason`` without surrounding blanks; a blank one is refused with ``ask`` on the reason field."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": ask})
+    return reason
+
+
 User = get_user_model()
 MRN_DIGITS = 8
 
@@ -300,9 +309,7 @@ def patient_validate(*, patient: Patient, actor: Any) -> Patient:
 
 @transaction.atomic
 def patient_reject(*, patient: Patient, actor: Any, reason: str) -> Patient:
-    reason = (reason or "").strip()
-    if not reason:
-        raise ValidationError({"reason": "Say why the patient is rejected."})
+    reason = _reason_given(reason, "Say why the patient is rejected.")
     patient = _locked(patient)
     patient.validation_status = ValidationStatus.REJECTED
     patient.reviewed_by = actor
@@ -355,9 +362,7 @@ def grant_create(
     expires_at: datetime.datetime | None = None,
 ) -> PatientUserObjectPermission:
     """Add ``user`` to ``patient``'s care team. An open grant of the same kind is superseded."""
-    reason = (reason or "").strip()
-    if not reason:
-        raise ValidationError({"reason": "Say why this access is needed."})
+    reason = _reason_given(reason, "Say why this access is needed.")
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError({"expires_at": "The expiry must be in the future."})
     if not user.is_active:
@@ -623,9 +628,7 @@ def record_amend(
 
     Severity and confidence carry over unless given.
     """
-    reason = (reason or "").strip()
-    if not reason:
-        raise ValidationError({"reason": "Say why the record is amended."})
+    reason = _reason_given(reason, "Say why the record is amended.")
     old = _lock_current(record)
     amended = _new_record(
         patient=old.patient,
@@ -651,9 +654,7 @@ def record_amend(
 @transaction.atomic
 def record_mark_entered_in_error(*, record: MedicalRecord, by: Any, reason: str) -> MedicalRecord:
     """Withdraw the current version of a record written by mistake. It stays readable, flagged."""
-    reason = (reason or "").strip()
-    if not reason:
-        raise ValidationError({"reason": "Say what was wrong with the record."})
+    reason = _reason_given(reason, "Say what was wrong with the record.")
     locked = _lock_current(record)
     locked.status = RecordStatus.ENTERED_IN_ERROR
     locked.error_reason = reason
@@ -684,8 +685,7 @@ def record_series_delete(*, record: MedicalRecord, reason: str) -> int:
     ``reason`` is a policy code (for example ``retention`` or ``erasure``), kept
     in the audit entry of each deletion; it must not contain PHI.
     """
-    if not (reason or "").strip():
-        raise ValidationError({"reason": "Name the policy that allows the deletion."})
+    _reason_given(reason, "Name the policy that allows the deletion.")
     versions = list(MedicalRecord.objects.select_for_update().filter(series=record.series).order_by("-version"))
     for version in versions:
         ledger.append(version, LedgerEntryKind.TOMBSTONE)

@@ -446,7 +446,7 @@ class PatientDocumentListView(PatientDocumentsMixin, generics.GenericAPIView[Doc
     @extend_schema(request={"multipart/form-data": DocumentUploadSerializer}, responses={201: DocumentSerializer})
     def post(self, request: Request, uuid: Any) -> Response:
         patient = self.visible_patient(uuid)
-        if not (request.user.has_perm("clinical.add_document") and access.can_change_patient(request.user, patient)):
+        if not access.can_add_document(request.user, patient):
             raise PermissionDenied("You may see this patient but not add documents.")
         return self.upload(patient)
 
