@@ -41,4 +41,6 @@ class ClinicalConfig(AppConfig):
         )
         audit_register(m.Appointment)
         audit_register(m.Document)  # original_name is encrypted, so masked
+        audit_register(m.Prescription)  # notes are encrypted, so masked
+        audit_register(m.PrescriptionItem)  # instructions are encrypted, so masked
         register_rotators(document_file_rotators)

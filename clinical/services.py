@@ -698,13 +698,17 @@ def record_series_delete(*, record: MedicalRecord, reason: str) -> int:
 # Imported here, not at the top, so this section stays self-contained at the end of the module.
 
 
-def _document_links_check(*, patient: Patient, medical_record: MedicalRecord | None, appointment: Any) -> None:
-    """A document's record and appointment are the patient's (the trigger says so again on INSERT)."""
+def _document_links_check(
+    *, patient: Patient, medical_record: MedicalRecord | None, appointment: Any, prescription: Any
+) -> None:
+    """A document's record, appointment and prescription are the patient's (the trigger says so again)."""
     errors: dict[str, str] = {}
     if medical_record is not None and medical_record.patient_id != patient.pk:
         errors["medical_record"] = "This record belongs to another patient."
     if appointment is not None and appointment.patient_id != patient.pk:
         errors["appointment"] = "This appointment belongs to another patient."
+    if prescription is not None and prescription.patient_id != patient.pk:
+        errors["prescription"] = "This prescription belongs to another patient."
     if errors:
         raise ValidationError(errors)
 
@@ -717,6 +721,7 @@ def document_upload(
     uploaded_by: Any,
     medical_record: MedicalRecord | None = None,
     appointment: Any = None,
+    prescription: Any = None,
     expires_at: datetime.datetime | None = None,
     storage: Any = None,
 ) -> Any:
@@ -736,13 +741,16 @@ def document_upload(
 
     if kind not in DocumentKind.values:
         raise ValidationError({"kind": f"Must be one of: {', '.join(DocumentKind.values)}."})
-    _document_links_check(patient=patient, medical_record=medical_record, appointment=appointment)
+    _document_links_check(
+        patient=patient, medical_record=medical_record, appointment=appointment, prescription=prescription
+    )
     storage = storage if storage is not None else default_storage
     document = Document(
         patient=patient,
         kind=kind,
         medical_record=medical_record,
         appointment=appointment,
+        prescription=prescription,
         uploaded_by=uploaded_by,
         expires_at=expires_at,
     )

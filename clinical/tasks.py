@@ -24,3 +24,15 @@ def document_extract_task(document_id: int) -> str:
     if document is None:  # deleted before the task ran
         return "missing"
     return str(document_extract(document=document).status)
+
+
+@shared_task(name="clinical.prescription_pdf", soft_time_limit=120, time_limit=150)
+def prescription_pdf_task(prescription_id: int) -> str:
+    """Make a prescription's printable PDF (by id; no PHI in the arguments); returns the document's UUID."""
+    from clinical.models import Prescription
+    from clinical.prescriptions import prescription_pdf
+
+    prescription = Prescription.objects.filter(pk=prescription_id).first()
+    if prescription is None:  # rolled back or removed before the task ran
+        return "missing"
+    return str(prescription_pdf(prescription=prescription).uuid)

@@ -45,6 +45,14 @@ from clinical.models.lists import (
     PatientCondition,
     PatientMedication,
 )
+from clinical.models.prescriptions import (
+    FREQUENCY_TIMING,
+    ROUTE_CODES,
+    Frequency,
+    Prescription,
+    PrescriptionItem,
+    Route,
+)
 from clinical.models.records import (
     Interpretation,
     LedgerCheckpoint,
@@ -59,6 +67,8 @@ from clinical.models.records import (
 
 __all__ = [
     "DOCUMENT_CONTENT_TYPES",
+    "FREQUENCY_TIMING",
+    "ROUTE_CODES",
     "Address",
     "AllergyCategory",
     "AllergyCriticality",
@@ -77,6 +87,7 @@ __all__ = [
     "Email",
     "EmailType",
     "ExtractionStatus",
+    "Frequency",
     "Gender",
     "HealthProfile",
     "InstitutionMembership",
@@ -98,11 +109,14 @@ __all__ = [
     "PatientUserObjectPermission",
     "Phone",
     "PhoneType",
+    "Prescription",
+    "PrescriptionItem",
     "RecordSource",
     "RecordStatus",
     "RecordType",
     "Region",
     "ReviewOutcome",
+    "Route",
     "Sex",
     "Specialty",
     "SpecialtyCategory",

@@ -118,6 +118,9 @@ class Appointment(TimestampedModel):
                 ),
                 name="clinical_appointment_status_consistent",
             ),
+            # The target of the prescription's composite foreign key, which holds a
+            # prescription's patient and doctor equal to its appointment's.
+            models.UniqueConstraint(fields=["id", "patient", "doctor"], name="clinical_appointment_parties_unique"),
         ]
         indexes = [
             models.Index(fields=["doctor", "starts_at"], name="clinical_appt_doctor_start"),

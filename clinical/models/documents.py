@@ -7,9 +7,9 @@ plaintext, so key rotation, which rewrites only the stored object, leaves
 them alone. Rows are written by ``services.document_upload`` only.
 
 A document belongs to one patient and, optionally, to one of that patient's
-clinical objects (a record, an appointment). That the object is the same
+clinical objects (a record, an appointment, a prescription). That the object is the same
 patient's is checked by the service and enforced by a trigger
-(``DOCUMENT_SAME_PATIENT_SQL`` in migration 0008).
+(``clinical_document_same_patient``, migrations 0008 and 0010).
 """
 
 from __future__ import annotations
@@ -42,13 +42,18 @@ class Document(TimestampedModel):
     # Leads the (patient, created_at, id) index below, which also serves the foreign key.
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="documents", db_index=False)
     kind = models.CharField(max_length=20, choices=DocumentKind.choices)
-    # What the file belongs to, when it belongs to more than the patient. A prescription key
-    # comes with clinical.Prescription; chat attachments are pointed to from the chat app.
+    # What the file belongs to, when it belongs to more than the patient (at most one of them
+    # in practice; the trigger checks each is the same patient's). Chat attachments are
+    # pointed to from the chat app.
     medical_record = models.ForeignKey(
         MedicalRecord, on_delete=models.PROTECT, null=True, blank=True, related_name="documents"
     )
     appointment = models.ForeignKey(
         Appointment, on_delete=models.PROTECT, null=True, blank=True, related_name="documents"
+    )
+    # The printable PDF and signed copies of a prescription.
+    prescription = models.ForeignKey(
+        "clinical.Prescription", on_delete=models.PROTECT, null=True, blank=True, related_name="documents"
     )
     # The sanitised name the user gave (for the download's file name); it can say who the patient is.
     original_name = EncryptedTextField()

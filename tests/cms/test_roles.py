@@ -80,7 +80,10 @@ def test_after_migrations_the_groups_match_the_matrix():
         assert group_permissions(role.name) == role.permissions()
 
 
-@pytest.mark.parametrize("name", ["0002_sync_roles", "0003_sync_roles_medical_records", "0004_sync_roles_documents"])
+@pytest.mark.parametrize(
+    "name",
+    ["0002_sync_roles", "0003_sync_roles_medical_records", "0004_sync_roles_documents", "0005_sync_roles_care"],
+)
 def test_the_data_migrations_create_the_groups_from_the_matrix(name):
     Group.objects.filter(name__in=ROLE_BY_NAME).delete()
     migration = importlib.import_module(f"cms.migrations.{name}").Migration
