@@ -306,6 +306,29 @@ def can_add_document(user: Any, patient: Patient) -> bool:
     return _signed_in(user) and user.has_perm("clinical.add_document") and can_change_patient(user, patient)
 
 
+def can_book_appointment(user: Any, patient: Patient) -> bool:
+    """Book an appointment for ``patient``: the role's permission and change access to the patient."""
+    return _signed_in(user) and user.has_perm("clinical.add_appointment") and can_change_patient(user, patient)
+
+
+def can_change_appointment(user: Any, patient: Patient) -> bool:
+    """Reschedule, cancel, complete or mark a no-show an appointment of ``patient``."""
+    return _signed_in(user) and user.has_perm("clinical.change_appointment") and can_change_patient(user, patient)
+
+
+def can_issue_prescription(user: Any, appointment: Any) -> bool:
+    """Write the prescription of ``appointment``: only its own doctor, with the role's permission.
+
+    A prescription is the prescriber's act, so not even a superuser writes one for another doctor.
+    """
+    return (
+        _signed_in(user)
+        and user.has_perm("clinical.add_prescription")
+        and appointment.doctor.user_id == user.pk
+        and can_change_patient(user, appointment.patient)
+    )
+
+
 def can_amend_record(user: Any, patient: Patient) -> bool:
     """Amend or mark entered-in-error a record of ``patient``."""
     return _signed_in(user) and user.has_perm("clinical.change_medicalrecord") and can_change_patient(user, patient)

@@ -15,7 +15,7 @@ from auditlog.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
 
 from clinical import access
-from clinical.models import Document, MedicalRecord, Patient
+from clinical.models import Appointment, Document, MedicalRecord, Patient, Prescription
 
 TREATMENT = "TREAT"
 EMERGENCY_TREATMENT = "ETREAT"
@@ -185,6 +185,31 @@ def document_access_record(
         user=user,
         patient=patient,
         objects=documents,
+        purpose=purpose,
+        view=view,
+        remote_addr=remote_addr,
+        scope=scope,
+    )
+
+
+def care_access_record(
+    *,
+    user: Any,
+    patient: Patient,
+    objects: Iterable[Appointment | Prescription],
+    model: type[Appointment] | type[Prescription],
+    purpose: str,
+    view: str,
+    remote_addr: str | None = None,
+    scope: access.Scope | None = None,
+) -> LogEntry:
+    """One ACCESS entry for a read of ``patient``'s appointments or prescriptions (a list page, or one)."""
+    return _patient_objects_access_record(
+        model=model,
+        plural="appointments" if model is Appointment else "prescriptions",
+        user=user,
+        patient=patient,
+        objects=objects,
         purpose=purpose,
         view=view,
         remote_addr=remote_addr,

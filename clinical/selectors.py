@@ -156,7 +156,66 @@ def document_list(*, patient: Patient) -> QuerySet[Any]:
         .annotate(
             medical_record_uuid=F("medical_record__uuid"),
             appointment_uuid=F("appointment__uuid"),
+            prescription_uuid=F("prescription__uuid"),
             extraction_status=F("extraction__status"),
             extraction_engine=F("extraction__engine"),
+        )
+    )
+
+
+# Care workflow ----------------------------------------------------------------------------
+
+APPOINTMENT_RELATED = ("patient", "doctor__user", "institution", "booked_by", "cancelled_by")
+
+
+def appointment_list(*, patient: Patient) -> QuerySet[Any]:
+    """``patient``'s appointments (newest start first) with their parties, for the API.
+
+    The caller has already asked ``clinical.access`` whether the patient is visible.
+    """
+    from clinical.models import Appointment
+
+    return (
+        Appointment.objects.filter(patient=patient)
+        .select_related(*APPOINTMENT_RELATED)
+        .annotate(prescription_uuid=F("prescription__uuid"))
+        .order_by("-starts_at", "-id")
+    )
+
+
+def doctor_day(*, user: Any, doctor: Doctor, day: datetime.date, zone: datetime.tzinfo) -> QuerySet[Any]:
+    """``doctor``'s appointments that start on ``day`` in time zone ``zone``, of patients ``user`` may see."""
+    from clinical.models import Appointment
+
+    start = datetime.datetime.combine(day, datetime.time.min, tzinfo=zone)
+    end = datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time.min, tzinfo=zone)
+    appointments = Appointment.objects.filter(doctor=doctor, starts_at__gte=start, starts_at__lt=end)
+    if not getattr(user, "is_superuser", False):
+        appointments = appointments.filter(patient__in=patients_visible_to(user))
+    return (
+        appointments.select_related("patient", "institution")
+        .annotate(prescription_uuid=F("prescription__uuid"))
+        .order_by("starts_at", "id")
+    )
+
+
+def prescription_list(*, patient: Patient) -> QuerySet[Any]:
+    """``patient``'s prescriptions, newest first, with their items, appointment and documents.
+
+    The caller has already asked ``clinical.access`` whether the patient is visible.
+    """
+    from django.db.models import Prefetch
+
+    from clinical.models import Document, Prescription, PrescriptionItem
+
+    return (
+        Prescription.objects.filter(patient=patient)
+        .select_related("patient", "doctor__user", "appointment__institution", "issued_by", "printable")
+        .prefetch_related(
+            Prefetch(
+                "items",
+                queryset=PrescriptionItem.objects.select_related("medication", "medical_record").order_by("position"),
+            ),
+            Prefetch("documents", queryset=Document.objects.order_by("created_at", "id")),
         )
     )

@@ -40,13 +40,15 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import ApiToken
 from accounts.services import api_token_create
-from clinical import fhir, services
+from clinical import appointments, fhir, prescriptions, services
 from clinical.models import (
+    Appointment,
     BreakGlassReview,
     Country,
     EmailType,
     InstitutionMembership,
     InstitutionType,
+    LedgerEntry,
     MedicalCondition,
     MedicalRecord,
     Medication,
@@ -192,6 +194,53 @@ DOCUMENT_API_COLUMNS = (
     "my_document_download",
 )
 
+# Care routes, on P's appointments and prescription. In the world: V, a completed visit of P
+# with the primary doctor three days ago, which has prescription RX; O, an open visit that
+# began an hour ago (no prescription yet); F, a scheduled visit in three days. Booking and
+# changing need the role's appointment permissions (Doctor, Nurse, Institution Admin) and
+# change access to P; only O's own doctor (the primary doctor) writes its prescription; a
+# signed copy needs add_document. Each call runs on a fresh world.
+# Columns: persona, GET patients/<P>/appointments/, GET .../appointments/<V>/, POST .../appointments/,
+# POST .../<F>/reschedule/, POST .../<F>/cancel/, POST .../<O>/complete/, POST .../<O>/no-show/,
+# GET me/appointments/, GET me/appointments/<V>/, GET patients/<P>/prescriptions/,
+# GET .../prescriptions/<RX>/, POST .../prescriptions/ (for O), POST .../<RX>/signed-copy/,
+# GET me/prescriptions/, GET me/prescriptions/<RX>/.
+CARE_API_MATRIX = [
+    ("primary_doctor", 200, 200, 201, 200, 200, 200, 200, 404, 404, 200, 200, 201, 201, 404, 404),
+    ("nurse_a", 200, 200, 201, 200, 200, 200, 200, 404, 404, 200, 200, 403, 201, 404, 404),
+    ("doctor_b", 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404),
+    ("inst_admin_a", 200, 200, 201, 200, 200, 200, 200, 404, 404, 200, 200, 403, 403, 404, 404),
+    ("care_team", 200, 200, 403, 403, 403, 403, 403, 404, 404, 200, 200, 403, 403, 404, 404),
+    ("expired_care_team", 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404),
+    ("break_glass", 200, 200, 403, 403, 403, 403, 403, 404, 404, 200, 200, 403, 403, 404, 404),
+    ("expired_break_glass", 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404),
+    ("ended_membership", 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404),
+    ("no_mfa", 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401),
+    ("patient_p", 200, 200, 403, 403, 403, 403, 403, 200, 200, 200, 200, 403, 403, 200, 200),
+    ("patient_q", 404, 404, 404, 404, 404, 404, 404, 200, 404, 404, 404, 404, 404, 200, 404),
+    ("cms_admin", 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404),
+    ("cms_editor", 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404),
+    ("superuser", 200, 200, 201, 200, 200, 200, 200, 404, 404, 200, 200, 403, 201, 404, 404),
+    ("anonymous", 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401),
+]
+CARE_API_COLUMNS = (
+    "appointments",
+    "appointment_detail",
+    "appointment_book",
+    "appointment_reschedule",
+    "appointment_cancel",
+    "appointment_complete",
+    "appointment_no_show",
+    "my_appointments",
+    "my_appointment",
+    "prescriptions",
+    "prescription_detail",
+    "prescription_issue",
+    "prescription_signed_copy",
+    "my_prescriptions",
+    "my_prescription",
+)
+
 # Account and documentation routes. Staff personas (except ``no_mfa``) hold a
 # confirmed TOTP device, so obtaining a token with password + code succeeds for
 # them; ``no_mfa`` is refused (403) and falls back to a password-only session,
@@ -237,6 +286,19 @@ COVERED_API_ROUTES = {
     "api/v1/patients/<uuid:uuid>/documents/<uuid:document_uuid>/download/",
     "api/v1/me/documents/",
     "api/v1/me/documents/<uuid:document_uuid>/download/",
+    "api/v1/patients/<uuid:uuid>/appointments/",
+    "api/v1/patients/<uuid:uuid>/appointments/<uuid:appointment_uuid>/",
+    "api/v1/patients/<uuid:uuid>/appointments/<uuid:appointment_uuid>/reschedule/",
+    "api/v1/patients/<uuid:uuid>/appointments/<uuid:appointment_uuid>/cancel/",
+    "api/v1/patients/<uuid:uuid>/appointments/<uuid:appointment_uuid>/complete/",
+    "api/v1/patients/<uuid:uuid>/appointments/<uuid:appointment_uuid>/no-show/",
+    "api/v1/me/appointments/",
+    "api/v1/me/appointments/<uuid:appointment_uuid>/",
+    "api/v1/patients/<uuid:uuid>/prescriptions/",
+    "api/v1/patients/<uuid:uuid>/prescriptions/<uuid:prescription_uuid>/",
+    "api/v1/patients/<uuid:uuid>/prescriptions/<uuid:prescription_uuid>/signed-copy/",
+    "api/v1/me/prescriptions/",
+    "api/v1/me/prescriptions/<uuid:prescription_uuid>/",
     "api/v1/auth/token/",
     "api/v1/auth/tokens/",
     "api/v1/auth/tokens/<uuid:token_id>/",
@@ -545,6 +607,49 @@ def build_world() -> SimpleNamespace:
         medical_record=p_record,
     )
 
+    # P's care: V (completed, with prescription RX), O (begun an hour ago), F (in three days).
+    def visit(starts_at: datetime.datetime, **fields: Any) -> Appointment:
+        (row,) = Appointment.objects.bulk_create(
+            [
+                Appointment(
+                    patient=p,
+                    doctor=primary,
+                    institution=a,
+                    starts_at=starts_at,
+                    ends_at=starts_at + datetime.timedelta(minutes=30),
+                    **fields,
+                )
+            ]
+        )
+        return row
+
+    p_visit = visit(
+        now - datetime.timedelta(days=3), status="completed", outcome_recorded_by=primary.user, outcome_recorded_at=now
+    )
+    p_open_visit = visit(now - datetime.timedelta(hours=1))
+    p_future_visit = appointments.appointment_book(
+        patient=p,
+        doctor=primary,
+        institution=a,
+        starts_at=now + datetime.timedelta(days=3),
+        ends_at=now + datetime.timedelta(days=3, minutes=30),
+        reason="Follow-up for Ms Zbyszewska",
+        booked_by=nurse_a,
+    )
+    p_prescription = prescriptions.prescription_issue(
+        appointment=p_visit,
+        items=[
+            {
+                "medication": Medication.objects.order_by("id").first(),
+                "dose": "1 tablet",
+                "frequency": "once_daily",
+                "duration_days": 30,
+                "quantity": 30,
+            }
+        ],
+        issued_by=primary.user,
+    )
+
     return SimpleNamespace(
         A=a,
         B=b,
@@ -552,6 +657,12 @@ def build_world() -> SimpleNamespace:
         Q=q,
         p_record=p_record.uuid,
         p_document=p_document.uuid,
+        p_visit=p_visit.uuid,
+        p_open_visit=p_open_visit.uuid,
+        p_future_visit=p_future_visit.uuid,
+        p_prescription=p_prescription.uuid,
+        p_record_count=MedicalRecord.objects.filter(patient=p).count(),
+        ledger_count=LedgerEntry.objects.count(),
         doctors={"primary_doctor": primary, "doctor_b": doctor_b},
         user_ids={name: (user.pk if user is not None else None) for name, user in users.items()},
         own_patient={"patient_p": p, "patient_q": q},
@@ -814,9 +925,9 @@ def check_record_call(world, persona, response, expected):
         return
     assert not mentions_p(response)
     assert str(world.p_record) not in response.content.decode()
-    assert MedicalRecord.objects.filter(patient=world.P).count() == 1
+    assert MedicalRecord.objects.filter(patient=world.P).count() == world.p_record_count
     assert MedicalRecord.objects.get(uuid=world.p_record).status == "current"
-    assert LedgerEntry.objects.count() == 1
+    assert LedgerEntry.objects.count() == world.ledger_count
 
 
 # Document routes ----------------------------------------------------------------------------
@@ -894,6 +1005,156 @@ def check_document_call(world, persona, response, expected):
     assert not mentions_p(response)
     assert str(world.p_document) not in response.content.decode()
     assert Document.objects.count() == 1
+    if hasattr(world, "files_before"):
+        assert _stored_files(world) == world.files_before
+
+
+# Care routes ---------------------------------------------------------------------------------
+
+
+def _care_url(world: SimpleNamespace, name: str, target: str) -> str:
+    return reverse(f"v1:{name}", args=[world.P.uuid, getattr(world, target)])
+
+
+def call_appointments(world, persona):
+    return api_client(world, persona).get(reverse("v1:appointment-list", args=[world.P.uuid]))
+
+
+def call_appointment_detail(world, persona):
+    return api_client(world, persona).get(_care_url(world, "appointment-detail", "p_visit"))
+
+
+def call_appointment_book(world, persona):
+    start = (timezone.now() + datetime.timedelta(days=5)).replace(microsecond=0)
+    body = {
+        "doctor": str(world.doctors["primary_doctor"].uuid),
+        "starts_at": start.isoformat(),
+        "ends_at": (start + datetime.timedelta(minutes=20)).isoformat(),
+        "reason": "Cough",
+    }
+    return _post(world, persona, reverse("v1:appointment-list", args=[world.P.uuid]), body)
+
+
+def call_appointment_reschedule(world, persona):
+    start = (timezone.now() + datetime.timedelta(days=4)).replace(microsecond=0)
+    body = {"starts_at": start.isoformat(), "ends_at": (start + datetime.timedelta(minutes=30)).isoformat()}
+    return _post(world, persona, _care_url(world, "appointment-reschedule", "p_future_visit"), body)
+
+
+def call_appointment_cancel(world, persona):
+    return _post(world, persona, _care_url(world, "appointment-cancel", "p_future_visit"), {"reason": "Feels better"})
+
+
+def call_appointment_complete(world, persona):
+    return _post(world, persona, _care_url(world, "appointment-complete", "p_open_visit"), {})
+
+
+def call_appointment_no_show(world, persona):
+    return _post(world, persona, _care_url(world, "appointment-no-show", "p_open_visit"), {})
+
+
+def call_my_appointments(world, persona):
+    return api_client(world, persona).get(reverse("v1:my-appointment-list"))
+
+
+def call_my_appointment(world, persona):
+    return api_client(world, persona).get(reverse("v1:my-appointment-detail", args=[world.p_visit]))
+
+
+def call_prescriptions(world, persona):
+    return api_client(world, persona).get(reverse("v1:prescription-list", args=[world.P.uuid]))
+
+
+def call_prescription_detail(world, persona):
+    return api_client(world, persona).get(_care_url(world, "prescription-detail", "p_prescription"))
+
+
+def call_prescription_issue(world, persona):
+    body = {
+        "appointment": str(world.p_open_visit),
+        "items": [
+            {
+                "medication": str(Medication.objects.order_by("id").first().uuid),
+                "dose": "2 tablets",
+                "frequency": "twice_daily",
+                "duration_days": 5,
+                "quantity": 20,
+            }
+        ],
+    }
+    return _post(world, persona, reverse("v1:prescription-list", args=[world.P.uuid]), body)
+
+
+def call_prescription_signed_copy(world, persona):
+    world.files_before = _stored_files(world)
+    body = {"file": SimpleUploadedFile("signed.txt", b"Signed by Dr Doctor on paper.\n")}
+    return api_client(world, persona).post(_care_url(world, "prescription-signed-copy", "p_prescription"), body)
+
+
+def call_my_prescriptions(world, persona):
+    return api_client(world, persona).get(reverse("v1:my-prescription-list"))
+
+
+def call_my_prescription(world, persona):
+    return api_client(world, persona).get(reverse("v1:my-prescription-detail", args=[world.p_prescription]))
+
+
+def _care_state(world: SimpleNamespace) -> tuple[Any, ...]:
+    from clinical.models import Document, Prescription
+
+    visits = Appointment.objects.filter(patient=world.P).order_by("id")
+    return (
+        list(visits.values_list("uuid", "status", "starts_at", "ends_at")),
+        list(Prescription.objects.values_list("uuid", flat=True)),
+        Document.objects.count(),
+        _stored_files(world),
+    )
+
+
+def check_care_call(world, persona, response, expected):
+    """The status; a success shows only the right patient's rows; a refusal reveals nothing of P
+    and changes nothing (appointments, prescriptions, documents, stored files)."""
+    from clinical.models import Document, Prescription
+
+    assert _status(response) == expected, response.content
+    path = response.request["PATH_INFO"]
+    if expected == 200:
+        body = response.json()
+        rows = body.get("results", [body])
+        if "/me/" in path and persona == "patient_q":
+            assert rows == []
+            return
+        assert rows and all(row["patient"] == str(world.P.uuid) for row in rows)
+        if path.endswith("/cancel/"):
+            assert rows[0]["status"] == "cancelled"
+        if path.endswith("/complete/"):
+            assert rows[0]["status"] == "completed"
+        if path.endswith("/no-show/"):
+            assert rows[0]["status"] == "no_show"
+        return
+    if expected == 201:
+        body = response.json()
+        assert body["patient"] == str(world.P.uuid)
+        if path.endswith("/signed-copy/"):
+            document = Document.objects.get(uuid=body["id"])
+            assert document.prescription.uuid == world.p_prescription
+            from django.core.files.storage import default_storage
+
+            from clinical.files import discard
+
+            discard(default_storage, document.storage_key)  # the world's transaction forgets the row, not the file
+        elif "/prescriptions/" in path:
+            assert Prescription.objects.get(uuid=body["id"]).appointment.uuid == world.p_open_visit
+            assert len(body["items"]) == 1 and body["items"][0]["medical_record"]
+        else:
+            assert body["status"] == "scheduled" and body["reason"] == "Cough"
+        return
+    assert not mentions_p(response)
+    assert "Zbyszewska" not in response.content.decode()
+    visits = Appointment.objects.filter(patient=world.P)
+    assert visits.count() == 3
+    assert set(visits.values_list("status", flat=True)) == {"completed", "scheduled"}
+    assert list(Prescription.objects.values_list("uuid", flat=True)) == [world.p_prescription]
     if hasattr(world, "files_before"):
         assert _stored_files(world) == world.files_before
 
@@ -1006,6 +1267,49 @@ API_ENDPOINTS = {
     "my_document_download": Endpoint(
         "api/v1/me/documents/<uuid:document_uuid>/download/", call_my_document_download, check_document_call
     ),
+    "appointments": Endpoint("api/v1/patients/<uuid:uuid>/appointments/", call_appointments, check_care_call),
+    "appointment_detail": Endpoint(
+        "api/v1/patients/<uuid:uuid>/appointments/<uuid:appointment_uuid>/", call_appointment_detail, check_care_call
+    ),
+    "appointment_book": Endpoint("api/v1/patients/<uuid:uuid>/appointments/", call_appointment_book, check_care_call),
+    "appointment_reschedule": Endpoint(
+        "api/v1/patients/<uuid:uuid>/appointments/<uuid:appointment_uuid>/reschedule/",
+        call_appointment_reschedule,
+        check_care_call,
+    ),
+    "appointment_cancel": Endpoint(
+        "api/v1/patients/<uuid:uuid>/appointments/<uuid:appointment_uuid>/cancel/",
+        call_appointment_cancel,
+        check_care_call,
+    ),
+    "appointment_complete": Endpoint(
+        "api/v1/patients/<uuid:uuid>/appointments/<uuid:appointment_uuid>/complete/",
+        call_appointment_complete,
+        check_care_call,
+    ),
+    "appointment_no_show": Endpoint(
+        "api/v1/patients/<uuid:uuid>/appointments/<uuid:appointment_uuid>/no-show/",
+        call_appointment_no_show,
+        check_care_call,
+    ),
+    "my_appointments": Endpoint("api/v1/me/appointments/", call_my_appointments, check_care_call),
+    "my_appointment": Endpoint("api/v1/me/appointments/<uuid:appointment_uuid>/", call_my_appointment, check_care_call),
+    "prescriptions": Endpoint("api/v1/patients/<uuid:uuid>/prescriptions/", call_prescriptions, check_care_call),
+    "prescription_detail": Endpoint(
+        "api/v1/patients/<uuid:uuid>/prescriptions/<uuid:prescription_uuid>/", call_prescription_detail, check_care_call
+    ),
+    "prescription_issue": Endpoint(
+        "api/v1/patients/<uuid:uuid>/prescriptions/", call_prescription_issue, check_care_call
+    ),
+    "prescription_signed_copy": Endpoint(
+        "api/v1/patients/<uuid:uuid>/prescriptions/<uuid:prescription_uuid>/signed-copy/",
+        call_prescription_signed_copy,
+        check_care_call,
+    ),
+    "my_prescriptions": Endpoint("api/v1/me/prescriptions/", call_my_prescriptions, check_care_call),
+    "my_prescription": Endpoint(
+        "api/v1/me/prescriptions/<uuid:prescription_uuid>/", call_my_prescription, check_care_call
+    ),
     "token_obtain": Endpoint("api/v1/auth/token/", call_token_obtain, check_token_obtain),
     "tokens": Endpoint("api/v1/auth/tokens/", call_tokens, check_tokens),
     "token_revoke_own": Endpoint("api/v1/auth/tokens/<uuid:token_id>/", call_token_revoke_own, check_token_revoke_own),
@@ -1029,6 +1333,7 @@ API_CASES = (
     _cases(PATIENT_API_MATRIX, PATIENT_API_COLUMNS)
     + _cases(RECORD_API_MATRIX, RECORD_API_COLUMNS)
     + _cases(DOCUMENT_API_MATRIX, DOCUMENT_API_COLUMNS)
+    + _cases(CARE_API_MATRIX, CARE_API_COLUMNS)
     + _cases(ACCOUNT_API_MATRIX, ACCOUNT_API_COLUMNS)
 )
 

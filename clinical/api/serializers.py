@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.utils import timezone
 from rest_framework import serializers
 
-from clinical.models import Document, DocumentKind, Gender, MedicalRecord, Patient, RecordSource, RecordType, Sex
+from clinical.models import (
+    Appointment,
+    Document,
+    DocumentKind,
+    Frequency,
+    Gender,
+    MedicalRecord,
+    Patient,
+    Prescription,
+    PrescriptionItem,
+    RecordSource,
+    RecordType,
+    Route,
+    Sex,
+)
 
 
 class InstitutionRefSerializer(serializers.Serializer[Any]):
@@ -197,6 +213,7 @@ class DocumentSerializer(serializers.ModelSerializer[Document]):
     uploaded_by = serializers.SerializerMethodField()
     medical_record = serializers.UUIDField(source="medical_record_uuid", read_only=True, allow_null=True)
     appointment = serializers.UUIDField(source="appointment_uuid", read_only=True, allow_null=True)
+    prescription = serializers.UUIDField(source="prescription_uuid", read_only=True, allow_null=True)
 
     class Meta:
         model = Document
@@ -210,6 +227,7 @@ class DocumentSerializer(serializers.ModelSerializer[Document]):
             "sha256",
             "medical_record",
             "appointment",
+            "prescription",
             "uploaded_by",
             "created_at",
             "expires_at",
@@ -234,3 +252,180 @@ class DocumentUploadSerializer(serializers.Serializer[Any]):
     kind = serializers.ChoiceField(choices=DocumentKind.choices)
     medical_record = serializers.UUIDField(required=False, allow_null=True)
     appointment = serializers.UUIDField(required=False, allow_null=True)
+    prescription = serializers.UUIDField(required=False, allow_null=True)
+
+
+# Appointments ------------------------------------------------------------------------------
+
+
+class AwareDateTimeField(serializers.DateTimeField):
+    """An ISO 8601 date and time that must carry its UTC offset (a bare local time is ambiguous)."""
+
+    default_error_messages = {
+        "naive": "Give the time with its time zone or UTC offset, e.g. 2026-12-01T09:30:00+01:00."
+    }
+
+    def enforce_timezone(self, value: datetime.datetime) -> datetime.datetime:
+        if timezone.is_naive(value):
+            self.fail("naive")
+        return value.astimezone(datetime.UTC)
+
+
+def _local(moment: datetime.datetime | None, appointment: Appointment) -> str | None:
+    return None if moment is None else moment.astimezone(appointment.time_zone).isoformat()
+
+
+def _person(user: Any) -> str | None:
+    return (user.get_full_name() or user.email) if user is not None else None
+
+
+class AppointmentSerializer(serializers.ModelSerializer[Appointment]):
+    """An appointment; times in UTC, and again in the institution's time zone (``local_*``)."""
+
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    patient = serializers.UUIDField(source="patient.uuid", read_only=True)
+    doctor = DoctorRefSerializer(read_only=True)
+    institution = InstitutionRefSerializer(read_only=True)
+    time_zone = serializers.CharField(source="institution.time_zone", read_only=True)
+    local_starts_at = serializers.SerializerMethodField()
+    local_ends_at = serializers.SerializerMethodField()
+    booked_by = serializers.SerializerMethodField()
+    cancelled_by = serializers.SerializerMethodField()
+    prescription = serializers.UUIDField(source="prescription_uuid", read_only=True, allow_null=True, default=None)
+
+    class Meta:
+        model = Appointment
+        fields = (
+            "id",
+            "patient",
+            "doctor",
+            "institution",
+            "starts_at",
+            "ends_at",
+            "time_zone",
+            "local_starts_at",
+            "local_ends_at",
+            "status",
+            "reason",
+            "booked_by",
+            "cancelled_by",
+            "cancelled_at",
+            "cancellation_reason",
+            "outcome_recorded_at",
+            "prescription",
+            "created_at",
+        )
+        read_only_fields = fields
+
+    def get_local_starts_at(self, appointment: Appointment) -> str | None:
+        return _local(appointment.starts_at, appointment)
+
+    def get_local_ends_at(self, appointment: Appointment) -> str | None:
+        return _local(appointment.ends_at, appointment)
+
+    def get_booked_by(self, appointment: Appointment) -> str | None:
+        return _person(appointment.booked_by)
+
+    def get_cancelled_by(self, appointment: Appointment) -> str | None:
+        return _person(appointment.cancelled_by)
+
+
+class AppointmentTimesSerializer(serializers.Serializer[Any]):
+    starts_at = AwareDateTimeField()
+    ends_at = AwareDateTimeField()
+
+
+class AppointmentBookSerializer(AppointmentTimesSerializer):
+    doctor = serializers.UUIDField()
+    institution = serializers.UUIDField(required=False, allow_null=True, help_text="Defaults to the doctor's.")
+    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, allow_null=True)
+
+
+class AppointmentCancelSerializer(serializers.Serializer[Any]):
+    reason = serializers.CharField(max_length=1000)
+
+
+# Prescriptions -----------------------------------------------------------------------------
+
+
+class MedicationRefSerializer(serializers.Serializer[Any]):
+    id = serializers.UUIDField(source="uuid")
+    name = serializers.CharField(source="__str__")
+    rxnorm_code = serializers.CharField()
+    atc_code = serializers.CharField()
+
+
+class PrescriptionItemSerializer(serializers.ModelSerializer[PrescriptionItem]):
+    medication = MedicationRefSerializer(read_only=True)
+    medical_record = serializers.UUIDField(source="medical_record.uuid", read_only=True)
+
+    class Meta:
+        model = PrescriptionItem
+        fields = (
+            "position",
+            "medication",
+            "dose",
+            "route",
+            "frequency",
+            "duration_days",
+            "quantity",
+            "instructions",
+            "medical_record",
+        )
+        read_only_fields = fields
+
+
+class PrescriptionSerializer(serializers.ModelSerializer[Prescription]):
+    """A prescription with its items; ``printable`` and ``documents`` are document ids (download them there)."""
+
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    patient = serializers.UUIDField(source="patient.uuid", read_only=True)
+    appointment = serializers.UUIDField(source="appointment.uuid", read_only=True)
+    doctor = DoctorRefSerializer(read_only=True)
+    issued_by = serializers.SerializerMethodField()
+    items = PrescriptionItemSerializer(many=True, read_only=True)
+    printable = serializers.UUIDField(source="printable.uuid", read_only=True, allow_null=True, default=None)
+    documents = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Prescription
+        fields = (
+            "id",
+            "patient",
+            "appointment",
+            "doctor",
+            "issued_by",
+            "notes",
+            "items",
+            "printable",
+            "documents",
+            "created_at",
+        )
+        read_only_fields = fields
+
+    def get_issued_by(self, prescription: Prescription) -> str | None:
+        return _person(prescription.issued_by)
+
+    def get_documents(self, prescription: Prescription) -> list[str]:
+        """Every document of the prescription (the printable PDF and signed copies), oldest first."""
+        return [str(document.uuid) for document in prescription.documents.all()]
+
+
+class PrescriptionItemCreateSerializer(serializers.Serializer[Any]):
+    medication = serializers.UUIDField(help_text="A medication of the catalog.")
+    dose = serializers.CharField(max_length=60)
+    route = serializers.ChoiceField(choices=Route.choices, default=Route.ORAL)
+    frequency = serializers.ChoiceField(choices=Frequency.choices)
+    duration_days = serializers.IntegerField(min_value=1, max_value=365)
+    quantity = serializers.IntegerField(min_value=1, max_value=10000)
+    instructions = serializers.CharField(max_length=1000, required=False, allow_blank=True, allow_null=True)
+
+
+class PrescriptionIssueSerializer(serializers.Serializer[Any]):
+    appointment = serializers.UUIDField()
+    items = PrescriptionItemCreateSerializer(many=True, allow_empty=False, max_length=20)
+    notes = serializers.CharField(max_length=2000, required=False, allow_blank=True, allow_null=True)
+
+
+class SignedCopySerializer(serializers.Serializer[Any]):
+    file = serializers.FileField(allow_empty_file=True)  # the file layer refuses an empty file with its message

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from clinical.api import views
+from clinical.api import care, views
 
 urlpatterns = [
     path("patients/", views.PatientListView.as_view(), name="patient-list"),
@@ -40,5 +40,54 @@ urlpatterns = [
         "me/documents/<uuid:document_uuid>/download/",
         views.MyDocumentDownloadView.as_view(),
         name="my-document-download",
+    ),
+    path("patients/<uuid:uuid>/appointments/", care.PatientAppointmentListView.as_view(), name="appointment-list"),
+    path(
+        "patients/<uuid:uuid>/appointments/<uuid:appointment_uuid>/",
+        care.PatientAppointmentDetailView.as_view(),
+        name="appointment-detail",
+    ),
+    path(
+        "patients/<uuid:uuid>/appointments/<uuid:appointment_uuid>/reschedule/",
+        care.AppointmentRescheduleView.as_view(),
+        name="appointment-reschedule",
+    ),
+    path(
+        "patients/<uuid:uuid>/appointments/<uuid:appointment_uuid>/cancel/",
+        care.AppointmentCancelView.as_view(),
+        name="appointment-cancel",
+    ),
+    path(
+        "patients/<uuid:uuid>/appointments/<uuid:appointment_uuid>/complete/",
+        care.AppointmentCompleteView.as_view(),
+        name="appointment-complete",
+    ),
+    path(
+        "patients/<uuid:uuid>/appointments/<uuid:appointment_uuid>/no-show/",
+        care.AppointmentNoShowView.as_view(),
+        name="appointment-no-show",
+    ),
+    path("me/appointments/", care.MyAppointmentListView.as_view(), name="my-appointment-list"),
+    path(
+        "me/appointments/<uuid:appointment_uuid>/",
+        care.MyAppointmentDetailView.as_view(),
+        name="my-appointment-detail",
+    ),
+    path("patients/<uuid:uuid>/prescriptions/", care.PatientPrescriptionListView.as_view(), name="prescription-list"),
+    path(
+        "patients/<uuid:uuid>/prescriptions/<uuid:prescription_uuid>/",
+        care.PatientPrescriptionDetailView.as_view(),
+        name="prescription-detail",
+    ),
+    path(
+        "patients/<uuid:uuid>/prescriptions/<uuid:prescription_uuid>/signed-copy/",
+        care.PrescriptionSignedCopyView.as_view(),
+        name="prescription-signed-copy",
+    ),
+    path("me/prescriptions/", care.MyPrescriptionListView.as_view(), name="my-prescription-list"),
+    path(
+        "me/prescriptions/<uuid:prescription_uuid>/",
+        care.MyPrescriptionDetailView.as_view(),
+        name="my-prescription-detail",
     ),
 ]

@@ -42,7 +42,16 @@ from clinical.audit import (
 )
 from clinical.fhir import SYSTEM_ALIASES, system_uri
 from clinical.files import open_plaintext
-from clinical.models import Appointment, Document, MedicalRecord, Patient, RecordStatus, RecordType, ValidationStatus
+from clinical.models import (
+    Appointment,
+    Document,
+    MedicalRecord,
+    Patient,
+    Prescription,
+    RecordStatus,
+    RecordType,
+    ValidationStatus,
+)
 from clinical.selectors import (
     PATIENT_LIST_RELATED,
     document_list,
@@ -363,10 +372,14 @@ class MyRecordDetailView(MyRecordListView):
 
 
 def _linked(patient: Patient, data: dict[str, Any]) -> dict[str, Any]:
-    """The record and appointment named by UUID, among ``patient``'s own; another's answers 400 naming the field."""
+    """The record, appointment and prescription named by UUID, among ``patient``'s own; else 400 naming the field."""
     links: dict[str, Any] = {}
     errors: dict[str, list[str]] = {}
-    for name, model in (("medical_record", MedicalRecord), ("appointment", Appointment)):
+    for name, model in (
+        ("medical_record", MedicalRecord),
+        ("appointment", Appointment),
+        ("prescription", Prescription),
+    ):
         wanted = data.get(name)
         if wanted is None:
             continue
