@@ -29,6 +29,7 @@ from faker import Faker
 from accounts.fields import encrypted_field_names
 from clinical import ledger
 from clinical import models as m
+from clinical.demo_care import seed_care
 from clinical.demo_records import DemoRecords
 from clinical.models.catalogs import SNOMED_CT
 
@@ -98,6 +99,9 @@ class Counts:
     medications: int = 0
     allergies: int = 0
     records: int = 0
+    appointments: int = 0
+    prescriptions: int = 0
+    documents: int = 0
 
 
 def ascii_slug(text: str) -> str:
@@ -438,4 +442,11 @@ def seed_population(
         doctors, nurses = builder.staff(created, doctors_each, nurses_each)
     counts.institutions, counts.doctors, counts.nurses = len(created), len(doctors), nurses
     builder.patients(doctors, patients, counts, tick)
+    if patients:
+        care = seed_care(builder.rng, doctors)
+        counts.appointments, counts.prescriptions, counts.documents = (
+            care.appointments,
+            care.prescriptions,
+            care.documents,
+        )
     return counts

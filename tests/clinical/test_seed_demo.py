@@ -4,6 +4,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import transaction
+from django.utils import timezone
 
 from clinical import fhir
 from clinical.demo import seed_population
@@ -51,7 +52,9 @@ def test_seed_population_creates_a_realistic_directory():
 
 def test_seeded_records_cover_every_type_validate_and_pass_the_integrity_check():
     counts = seed_population(patients=60, seed=5, password_hash="!")
-    assert MedicalRecord.objects.count() == counts.records >= 60  # every patient has at least vital signs
+    # The chart's records, plus one PRESCRIPTION record per item of the seeded prescriptions.
+    chart = MedicalRecord.objects.filter(prescription_item__isnull=True)
+    assert chart.count() == counts.records >= 60  # every patient has at least vital signs
     assert set(MedicalRecord.objects.values_list("record_type", flat=True)) == set(RecordType.values)
     assert not Patient.objects.filter(records__isnull=True).exists()
     for record in MedicalRecord.objects.all():
@@ -59,7 +62,7 @@ def test_seeded_records_cover_every_type_validate_and_pass_the_integrity_check()
         assert record.payload["subject" if "subject" in record.payload else "patient"]["reference"].endswith(
             str(record.patient.uuid)
         )
-    assert LedgerEntry.objects.count() == counts.records
+    assert LedgerEntry.objects.count() == MedicalRecord.objects.count()
     out = io.StringIO()
     call_command("verify_integrity", no_progress=True, stdout=out)
     assert "Integrity verified" in out.getvalue()
@@ -111,3 +114,32 @@ def test_seed_demo_generates_the_admin_password_once_and_keeps_it_out_of_the_cod
     assert password in out.getvalue()
     call_command("seed_demo", patients=0, stdout=io.StringIO())
     assert (tmp_path / "demo-credentials.json").read_text() == credentials
+
+
+def test_seed_population_adds_past_and_future_appointments_prescriptions_and_documents(
+    django_capture_on_commit_callbacks,
+):
+    from clinical.demo_care import CARE_PATIENTS, LAB_REPORTS
+    from clinical.models import Appointment, Document, Prescription, PrescriptionItem
+
+    with django_capture_on_commit_callbacks(execute=True):
+        counts = seed_population(patients=80, seed=7, password_hash="!")
+    now = timezone.now()
+    visits = Appointment.objects.all()
+    assert visits.count() == counts.appointments > 0
+    assert visits.filter(starts_at__lt=now, status="completed").exists()
+    assert visits.filter(starts_at__lt=now, status__in=["cancelled", "no_show"]).exists()
+    assert visits.filter(starts_at__gt=now, status="scheduled").exists()
+    assert not visits.filter(starts_at__lt=now, status="scheduled").exists()
+    assert visits.values("patient").distinct().count() <= CARE_PATIENTS
+    # Prescriptions on completed visits only, each item a PRESCRIPTION record, each with its PDF.
+    issued = Prescription.objects.select_related("appointment")
+    assert issued.count() == counts.prescriptions > 0
+    assert {p.appointment.status for p in issued} == {"completed"}
+    items = PrescriptionItem.objects.select_related("medical_record")
+    assert items.exists() and {item.medical_record.record_type for item in items} == {"prescription"}
+    assert not issued.filter(printable__isnull=True).exists()
+    assert Document.objects.filter(kind="lab_report").count() == counts.documents == LAB_REPORTS
+    out = io.StringIO()
+    call_command("verify_integrity", no_progress=True, stdout=out)
+    assert "Integrity verified" in out.getvalue()

@@ -74,7 +74,9 @@ class Command(BaseCommand):
                     f"Added {counts.institutions} institutions, {counts.doctors} doctors, "
                     f"{counts.nurses} nurses, {counts.patients} patients, {counts.conditions} conditions, "
                     f"{counts.medications} medications, {counts.allergies} allergies, "
-                    f"{counts.records} medical records "
+                    f"{counts.records} medical records, {counts.appointments} appointments, "
+                    f"{counts.prescriptions} prescriptions (their PDFs are made by a task), "
+                    f"{counts.documents} lab reports "
                     f"in {time.monotonic() - started:.1f} s."
                 )
             )
