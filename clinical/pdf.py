@@ -61,7 +61,7 @@ def _pages(lines: Iterable[Line]) -> list[bytes]:
     """Content streams, one per page, filling each page from the top."""
     pages: list[bytes] = []
     current: list[bytes] = []
-    y = PAGE_HEIGHT - MARGIN
+    y: float = PAGE_HEIGHT - MARGIN
     for line in lines:
         for piece in line.wrapped():
             if y - line.leading < MARGIN:
