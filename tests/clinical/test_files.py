@@ -943,3 +943,91 @@ def test_content_file_uploads_work_too(backend):
     data = jpeg_bytes()
     stored = store(backend.storage, ContentFile(data, name="photo.jpg"), document_uuid=document)
     assert plaintext_of(backend, stored.key, document) == data
+
+
+# The whole path on S3: API upload, the prescription PDF task, API download ----------------------
+
+
+@pytest.mark.django_db
+def test_documents_and_prescription_pdfs_go_through_an_s3_bucket_end_to_end(
+    s3_endpoint, roles, doctor, patient, django_capture_on_commit_callbacks
+):
+    """With the default storage on S3, the API's upload and download and the PDF task use the bucket;
+    the bucket holds only sealed objects."""
+    import datetime
+
+    from django.test import Client
+    from django.urls import reverse
+    from django.utils import timezone
+
+    from accounts.services import api_token_create
+    from clinical import prescriptions
+    from clinical.models import Appointment, Document, Medication
+
+    s3 = s3_backend(s3_endpoint)
+    options = {
+        "bucket_name": s3.storage.bucket_name,
+        "endpoint_url": s3_endpoint,
+        "access_key": "testing",
+        "secret_key": "testing",
+        "region_name": "us-east-1",
+        "file_overwrite": False,
+        "default_acl": None,
+    }
+    storages = {
+        "default": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options},
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    from django.contrib.auth.models import Group
+
+    doctor_user = doctor.user
+    doctor_user.groups.add(Group.objects.get(name="Doctor"))
+    _token, secret = api_token_create(user=doctor_user)
+    client = Client(HTTP_AUTHORIZATION=f"Token {secret}")
+    report = b"Haemoglobin 13.9 g/dL, within range.\n"
+    with override_settings(STORAGES=storages):
+        with django_capture_on_commit_callbacks(execute=True):
+            uploaded = client.post(
+                reverse("v1:document-list", args=[patient.uuid]),
+                {"file": SimpleUploadedFile("report.txt", report), "kind": "lab_report"},
+            )
+        assert uploaded.status_code == 201, uploaded.content
+        document = Document.objects.get(uuid=uploaded.json()["id"])
+        assert s3.list_keys() == {document.storage_key}
+        assert report not in s3.read_raw(document.storage_key)
+        downloaded = client.get(reverse("v1:document-download", args=[patient.uuid, document.uuid]))
+        assert downloaded.status_code == 200
+        assert b"".join(downloaded.streaming_content) == report
+
+        start = timezone.now() - datetime.timedelta(hours=1)
+        (visit,) = Appointment.objects.bulk_create(
+            [
+                Appointment(
+                    patient=patient,
+                    doctor=doctor,
+                    institution=doctor.institution,
+                    starts_at=start,
+                    ends_at=start + datetime.timedelta(minutes=30),
+                )
+            ]
+        )
+        with django_capture_on_commit_callbacks(execute=True):
+            prescription = prescriptions.prescription_issue(
+                appointment=visit,
+                items=[
+                    {
+                        "medication": Medication.objects.order_by("id").first(),
+                        "dose": "1 tablet",
+                        "frequency": "once_daily",
+                        "duration_days": 10,
+                        "quantity": 10,
+                    }
+                ],
+                issued_by=doctor_user,
+            )
+        prescription.refresh_from_db()
+        pdf_key = prescription.printable.storage_key
+        assert s3.list_keys() == {document.storage_key, pdf_key}
+        assert b"%PDF" not in s3.read_raw(pdf_key)
+        pdf_download = client.get(reverse("v1:document-download", args=[patient.uuid, prescription.printable.uuid]))
+        assert b"".join(pdf_download.streaming_content).startswith(b"%PDF-1.4")
