@@ -19,7 +19,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from clinical import access, services
+from clinical import access, selectors, services
 from clinical import models as m
 from clinical.admin_base import CaretrailAdmin, PatientScopedAdmin
 from clinical.audit import patient_access_record, patient_list_access_record, purpose_for
@@ -196,6 +196,15 @@ class InstitutionMembershipAdmin(CaretrailAdmin):
                 ended += 1
             except ValidationError as exc:
                 self.message_user(request, f"{membership}: {' '.join(exc.messages)}", messages.ERROR)
+                continue
+            left = selectors.appointments_left_by(membership).count()
+            if left:
+                self.message_user(
+                    request,
+                    f"{membership}: {left} scheduled appointment(s) still to come at {membership.institution} "
+                    "are with this doctor: give them to another doctor or cancel them.",
+                    messages.WARNING,
+                )
         if ended:
             self.message_user(request, f"{ended} membership(s) ended.", messages.SUCCESS)
 

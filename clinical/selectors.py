@@ -219,3 +219,23 @@ def prescription_list(*, patient: Patient) -> QuerySet[Any]:
             Prefetch("documents", queryset=Document.objects.order_by("created_at", "id")),
         )
     )
+
+
+def appointments_left_by(membership: Any) -> QuerySet[Any]:
+    """Scheduled appointments still to come that ``membership``'s doctor holds at its institution.
+
+    After the membership ends they need another doctor or a cancellation; the
+    booking rules are not applied again to rows already booked.
+    """
+    from django.utils import timezone
+
+    from clinical.models import Appointment, AppointmentStatus, MembershipRole
+
+    if membership.role != MembershipRole.DOCTOR:
+        return Appointment.objects.none()
+    return Appointment.objects.filter(
+        doctor__user_id=membership.user_id,
+        institution_id=membership.institution_id,
+        status=AppointmentStatus.SCHEDULED,
+        starts_at__gte=timezone.now(),
+    )

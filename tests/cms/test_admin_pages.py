@@ -567,3 +567,39 @@ def test_the_country_catalog_is_searchable(superuser_client, ref):
 def test_membership_list_shows_the_nurse(admin_data, superuser_client):
     response = superuser_client.get(admin_url(InstitutionMembership, "changelist"))
     assert admin_data["membership"] in list(response.context["cl"].result_list)
+
+
+def test_ending_a_doctors_membership_warns_about_their_appointments_still_to_come(
+    superuser_client, doctor, patient, make_institution
+):
+    from clinical import appointments
+
+    second = make_institution()
+    membership = services.membership_start(user=doctor.user, institution=second, role="doctor")
+    start = (timezone.now() + datetime.timedelta(days=2)).replace(microsecond=0)
+    appointments.appointment_book(
+        patient=patient,
+        doctor=doctor,
+        institution=second,
+        starts_at=start,
+        ends_at=start + datetime.timedelta(minutes=30),
+        reason=None,
+        booked_by=None,
+    )
+    response = superuser_client.post(
+        admin_url(InstitutionMembership, "changelist"),
+        {"action": "end_memberships", ACTION_CHECKBOX_NAME: [membership.pk]},
+        follow=True,
+    )
+    shown = [str(message) for message in response.context["messages"]]
+    assert any("1 scheduled appointment(s) still to come" in message for message in shown), shown
+    assert any("1 membership(s) ended" in message for message in shown)
+    # No warning for a nurse, or for a doctor with nothing booked there.
+    third = make_institution()
+    quiet = services.membership_start(user=doctor.user, institution=third, role="doctor")
+    response = superuser_client.post(
+        admin_url(InstitutionMembership, "changelist"),
+        {"action": "end_memberships", ACTION_CHECKBOX_NAME: [quiet.pk]},
+        follow=True,
+    )
+    assert not any("still to come" in str(message) for message in response.context["messages"])
