@@ -286,6 +286,10 @@ class PatientPrescriptionListView(CareMixin, generics.GenericAPIView[Prescriptio
     @extend_schema(request=PrescriptionIssueSerializer, responses={201: PrescriptionSerializer})
     def post(self, request: Request, uuid: Any) -> Response:
         patient = self.visible_patient(uuid)
+        if not (
+            request.user.has_perm("clinical.add_prescription") and access.can_change_patient(request.user, patient)
+        ):
+            raise PermissionDenied("You may see this patient but not write prescriptions.")
         serializer = PrescriptionIssueSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data

@@ -268,7 +268,10 @@ class AwareDateTimeField(serializers.DateTimeField):
     def enforce_timezone(self, value: datetime.datetime) -> datetime.datetime:
         if timezone.is_naive(value):
             self.fail("naive")
-        return value.astimezone(datetime.UTC)
+        try:
+            return value.astimezone(datetime.UTC)
+        except OverflowError:  # e.g. 9999-12-31T23:30-05:00: valid text, but past the calendar in UTC
+            self.fail("overflow")
 
 
 def _local(moment: datetime.datetime | None, appointment: Appointment) -> str | None:
