@@ -789,4 +789,5 @@ class BreakGlassReviewAdmin(CaretrailAdmin):
         self._review(request, queryset, m.ReviewOutcome.INAPPROPRIATE)
 
 
+import clinical.care_admin  # noqa: E402 - registers the Appointment and Prescription admins
 import clinical.documents_admin  # noqa: E402, F401 - registers the Document admin and the patient page's inline

@@ -27,7 +27,7 @@ class ClinicalConfig(AppConfig):
             audit_register(model)
         # What a record says is PHI: its codes, dates, interpretation and scales stay out of
         # audit diffs like the payload (masked as encrypted). superseded_by is a reverse
-        # relation the diff would read with one more query per write.
+        # relation the diff would read with one more query per write, like prescription_item.
         audit_register(
             m.MedicalRecord,
             exclude_fields=[
@@ -37,9 +37,10 @@ class ClinicalConfig(AppConfig):
                 "severity",
                 "confidence",
                 "superseded_by",
+                "prescription_item",
             ],
         )
-        audit_register(m.Appointment)
+        audit_register(m.Appointment, exclude_fields=["prescription"])  # a reverse relation: one query per write
         audit_register(m.Document)  # original_name is encrypted, so masked
         audit_register(m.Prescription)  # notes are encrypted, so masked
         audit_register(m.PrescriptionItem)  # instructions are encrypted, so masked

@@ -2,26 +2,33 @@
 
 Documents are read here, never edited: the change page is read-only and links
 to a download view that applies the access policy, records the access and
-streams the decrypted file as an attachment. Files are added through the API
-(``services.document_upload``). The patient page lists the patient's
-documents in a read-only inline.
+streams the decrypted file as an attachment. Files are added by the upload
+page (the "add" page), through ``services.document_upload`` like the API, by
+staff whom ``access.can_add_document`` allows. The patient page lists the
+patient's documents in a read-only inline.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import F, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from clinical import access, services
 from clinical import models as m
 from clinical.admin import PatientAdmin
 from clinical.admin_base import PatientScopedAdmin
 from clinical.api.views import document_download_response
 from clinical.audit import document_access_record, purpose_for
+from clinical.care_admin import CARE_FORM_TEMPLATE, autocomplete_field, service_errors_on
 
 
 def _download_link(document: m.Document) -> str:
@@ -38,6 +45,30 @@ def _audit(request: HttpRequest, patient: m.Patient, documents: list[m.Document]
         view=view,
         remote_addr=request.META.get("REMOTE_ADDR"),
     )
+
+
+class DocumentUploadForm(forms.Form):
+    """A file for a patient the user may change; optionally tied to one of that patient's record,
+    appointment or prescription (the service refuses another patient's)."""
+
+    patient = forms.ModelChoiceField(queryset=m.Patient.objects.none())
+    # Chat attachments arrive through the chat.
+    kind = forms.ChoiceField(choices=[c for c in m.DocumentKind.choices if c[0] != m.DocumentKind.CHAT_ATTACHMENT])
+    file = forms.FileField(help_text="PDF, PNG, JPEG or plain text.")
+    medical_record = forms.ModelChoiceField(queryset=m.MedicalRecord.objects.none(), required=False)
+    appointment = forms.ModelChoiceField(queryset=m.Appointment.objects.none(), required=False)
+    prescription = forms.ModelChoiceField(queryset=m.Prescription.objects.none(), required=False)
+
+    def __init__(self, *args: Any, user: Any, admin_site: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        changeable = access.patients_changeable_by(user)
+        autocomplete_field(self, "patient", m.Document, changeable, admin_site)
+        for name, model in (
+            ("medical_record", m.MedicalRecord),
+            ("appointment", m.Appointment),
+            ("prescription", m.Prescription),
+        ):
+            autocomplete_field(self, name, m.Document, model.objects.filter(patient__in=changeable), admin_site)
 
 
 class DocumentInline(admin.TabularInline):
@@ -108,7 +139,7 @@ class DocumentAdmin(PatientScopedAdmin):
         )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # files arrive through services.document_upload (the API)
+        return request.user.has_perm("clinical.add_document")  # and, per patient, access.can_add_document
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -173,6 +204,47 @@ class DocumentAdmin(PatientScopedAdmin):
         if document is not None and getattr(response, "status_code", 0) == 200:
             _audit(request, document.patient, [document], "admin document history")
         return response
+
+    # Upload -----------------------------------------------------------------------------------
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None) -> Any:
+        """Upload a file through ``services.document_upload`` (outside a transaction: a refused file
+        leaves nothing in storage, see the service)."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        links = ("patient", "medical_record", "appointment", "prescription")
+        initial = {name: request.GET[name] for name in links if request.GET.get(name)}
+        form = DocumentUploadForm(
+            request.POST or None, request.FILES or None, initial=initial, user=request.user, admin_site=self.admin_site
+        )
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            if not access.can_add_document(request.user, data["patient"]):
+                raise PermissionDenied
+            try:
+                document = services.document_upload(
+                    patient=data["patient"],
+                    upload=data["file"],
+                    kind=data["kind"],
+                    uploaded_by=request.user,
+                    medical_record=data["medical_record"],
+                    appointment=data["appointment"],
+                    prescription=data["prescription"],
+                )
+            except ValidationError as exc:
+                service_errors_on(form, exc)
+            else:
+                self.message_user(request, f"{document.get_kind_display()} uploaded.", messages.SUCCESS)
+                return redirect(reverse("admin:clinical_document_change", args=[document.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Upload a document",
+            "opts": self.model._meta,
+            "form": form,
+            "media": self.media + form.media,
+            "submit_label": "Upload",
+            "cancel_url": reverse("admin:clinical_document_changelist"),
+        }
+        return TemplateResponse(request, CARE_FORM_TEMPLATE, context)
 
     # The file ---------------------------------------------------------------------------------
     def get_urls(self) -> list[Any]:

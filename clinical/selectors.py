@@ -239,3 +239,26 @@ def appointments_left_by(membership: Any) -> QuerySet[Any]:
         status=AppointmentStatus.SCHEDULED,
         starts_at__gte=timezone.now(),
     )
+
+
+def awaiting_prescription(*, user: Any) -> QuerySet[Any]:
+    """``user``'s own appointments that may get a prescription now (``prescriptions.prescription_issue``'s
+    rules: begun, not cancelled or missed, none yet), of patients they may change; the last 90 days."""
+    from django.utils import timezone
+
+    from clinical.access import patients_changeable_by
+    from clinical.models import Appointment, AppointmentStatus
+
+    now = timezone.now()
+    return (
+        Appointment.objects.filter(
+            doctor__user=user,
+            prescription__isnull=True,
+            starts_at__lte=now,
+            starts_at__gte=now - datetime.timedelta(days=90),
+            status__in=[AppointmentStatus.SCHEDULED, AppointmentStatus.COMPLETED],
+            patient__in=patients_changeable_by(user),
+        )
+        .select_related("patient", "institution")
+        .order_by("-starts_at", "-id")
+    )

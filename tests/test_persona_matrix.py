@@ -320,24 +320,25 @@ CHANGES_P = frozenset(row[0] for row in PATIENT_API_MATRIX if row[3] == 200)
 # otherwise the status or redirect.
 # Columns: persona, patient change list, P's change page, P's history page, patient autocomplete,
 # break-the-glass page, membership change list, grant change list, break-the-glass review queue,
-# role matrix, the page of P's medical record R.
+# role matrix, the page of P's medical record R, the page of P's appointment V, the primary
+# doctor's day view on V's day (True / False: V listed or not), the page of P's prescription RX.
 ADMIN_MATRIX = [
-    ("primary_doctor", True, 200, 200, True, 200, 403, 403, 403, 403, 200),
-    ("nurse_a", True, 200, 200, True, 200, 403, 403, 403, 403, 200),
-    ("doctor_b", False, TO_INDEX, TO_INDEX, False, 200, 403, 403, 403, 403, TO_INDEX),
-    ("inst_admin_a", True, 200, 200, True, 403, {"A"}, {"P"}, {"P"}, 403, 200),
-    ("care_team", True, 200, 200, True, 200, 403, 403, 403, 403, 200),
-    ("expired_care_team", False, TO_INDEX, TO_INDEX, False, 200, 403, 403, 403, 403, TO_INDEX),
-    ("break_glass", True, 200, 200, True, 200, 403, 403, 403, 403, 200),
-    ("expired_break_glass", False, TO_INDEX, TO_INDEX, False, 200, 403, 403, 403, 403, TO_INDEX),
-    ("ended_membership", False, TO_INDEX, TO_INDEX, False, 200, 403, 403, 403, 403, TO_INDEX),
-    ("no_mfa", *[TO_MFA] * 10),
-    ("patient_p", *[TO_LOGIN] * 10),
-    ("patient_q", *[TO_LOGIN] * 10),
-    ("cms_admin", 403, 403, TO_INDEX, 403, 403, 403, 403, 403, 403, 403),
-    ("cms_editor", 403, 403, TO_INDEX, 403, 403, 403, 403, 403, 403, 403),
-    ("superuser", True, 200, 200, True, 200, {"A", "B"}, {"P", "Q"}, {"P", "Q"}, 200, 200),
-    ("anonymous", *[TO_LOGIN] * 10),
+    ("primary_doctor", True, 200, 200, True, 200, 403, 403, 403, 403, 200, 200, True, 200),
+    ("nurse_a", True, 200, 200, True, 200, 403, 403, 403, 403, 200, 200, True, 200),
+    ("doctor_b", False, TO_INDEX, TO_INDEX, False, 200, 403, 403, 403, 403, TO_INDEX, TO_INDEX, False, TO_INDEX),
+    ("inst_admin_a", True, 200, 200, True, 403, {"A"}, {"P"}, {"P"}, 403, 200, 200, True, 200),
+    ("care_team", True, 200, 200, True, 200, 403, 403, 403, 403, 200, 200, True, 200),
+    ("expired_care_team", False, TO_INDEX, TO_INDEX, False, 200, *[403] * 4, TO_INDEX, TO_INDEX, False, TO_INDEX),
+    ("break_glass", True, 200, 200, True, 200, 403, 403, 403, 403, 200, 200, True, 200),
+    ("expired_break_glass", False, TO_INDEX, TO_INDEX, False, 200, *[403] * 4, TO_INDEX, TO_INDEX, False, TO_INDEX),
+    ("ended_membership", False, TO_INDEX, TO_INDEX, False, 200, *[403] * 4, TO_INDEX, TO_INDEX, False, TO_INDEX),
+    ("no_mfa", *[TO_MFA] * 13),
+    ("patient_p", *[TO_LOGIN] * 13),
+    ("patient_q", *[TO_LOGIN] * 13),
+    ("cms_admin", 403, 403, TO_INDEX, 403, 403, 403, 403, 403, 403, 403, 403, 403, 403),
+    ("cms_editor", 403, 403, TO_INDEX, 403, 403, 403, 403, 403, 403, 403, 403, 403, 403),
+    ("superuser", True, 200, 200, True, 200, {"A", "B"}, {"P", "Q"}, {"P", "Q"}, 200, 200, 200, True, 200),
+    ("anonymous", *[TO_LOGIN] * 13),
 ]
 ADMIN_COLUMNS = (
     "patient_changelist",
@@ -350,6 +351,9 @@ ADMIN_COLUMNS = (
     "review_changelist",
     "role_matrix",
     "record_change",
+    "appointment_change",
+    "appointment_day",
+    "prescription_change",
 )
 
 # Every model registered in the admin, with the lookup from its rows to their patient
@@ -365,6 +369,7 @@ COVERED_ADMIN_MODELS: dict[str, str | None] = {
     "axes.AccessFailureLog": None,
     "axes.AccessLog": None,
     "clinical.Address": "patient",
+    "clinical.Appointment": "patient",
     "clinical.BloodCompatibility": None,
     "clinical.BloodType": None,
     "clinical.BreakGlassReview": "grant__content_object",
@@ -388,6 +393,7 @@ COVERED_ADMIN_MODELS: dict[str, str | None] = {
     "clinical.PatientUserObjectPermission": "content_object",
     "clinical.Phone": "patient",
     "clinical.PhoneType": None,
+    "clinical.Prescription": "patient",
     "clinical.Region": None,
     "clinical.Sex": None,
     "clinical.Specialty": None,
@@ -1372,8 +1378,27 @@ ADMIN_PAGES: dict[str, Callable[[SimpleNamespace], tuple[str, dict[str, str]]]] 
         admin_url(MedicalRecord, "change", MedicalRecord.objects.get(uuid=w.p_record).pk),
         {},
     ),
+    "appointment_change": lambda w: (admin_url(Appointment, "change", _p_visit(w).pk), {}),
+    "appointment_day": lambda w: (
+        reverse("admin:clinical_appointment_day"),
+        {"doctor": str(w.doctors["primary_doctor"].pk), "date": _p_visit(w).local_starts_at.date().isoformat()},
+    ),
+    "prescription_change": lambda w: (
+        reverse("admin:clinical_prescription_change", args=[_p_prescription(w).pk]),
+        {},
+    ),
 }
 assert tuple(ADMIN_PAGES) == ADMIN_COLUMNS
+
+
+def _p_visit(world: SimpleNamespace) -> Appointment:
+    return Appointment.objects.select_related("institution").get(uuid=world.p_visit)
+
+
+def _p_prescription(world: SimpleNamespace) -> Any:
+    from clinical.models import Prescription
+
+    return Prescription.objects.get(uuid=world.p_prescription)
 
 
 def assert_answer(response: Any, expected: Any, path: str) -> None:
@@ -1403,6 +1428,9 @@ def check_admin_page(world, persona, column, response, expected):
         if column == "patient_autocomplete":
             offered = {row["id"] for row in response.json()["results"]}
             assert (str(world.P.pk) in offered) is expected
+        elif column == "appointment_day":
+            listed = {appointment.uuid for appointment in response.context["appointments"]}
+            assert (world.p_visit in listed) is expected
         else:
             shown = list(response.context["cl"].result_list)
             assert (world.P in shown) is expected

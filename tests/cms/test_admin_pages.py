@@ -19,10 +19,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.services import api_token_create
-from clinical import services
+from clinical import prescriptions, services
 from clinical.fhir import build_vital_signs
 from clinical.models import (
     Address,
+    Appointment,
     Country,
     HealthProfile,
     InstitutionMembership,
@@ -166,6 +167,30 @@ def admin_data(ref, roles, superuser, institution, doctor, make_user, media_root
         kind="other",
         uploaded_by=doctor.user,
         medical_record=record,
+    )
+    # An appointment that has begun (bookings cannot start in the past) and its prescription, for
+    # another patient: a prescription writes medical records, and the tests below count Grace's.
+    visitor = services.patient_register(
+        doctor=doctor, first_name="Ada", last_name="Lovelace", date_of_birth=datetime.date(1975, 12, 10), sex=ref.female
+    )
+    starts_at = timezone.now() - datetime.timedelta(hours=1)
+    (visit,) = Appointment.objects.bulk_create(
+        [
+            Appointment(
+                patient=visitor,
+                doctor=doctor,
+                institution=institution,
+                starts_at=starts_at,
+                ends_at=starts_at + datetime.timedelta(minutes=30),
+            )
+        ]
+    )
+    prescriptions.prescription_issue(
+        appointment=visit,
+        items=[
+            {"medication": medication, "dose": "1 tablet", "frequency": "once_daily", "duration_days": 5, "quantity": 5}
+        ],
+        issued_by=doctor.user,
     )
     AccessAttempt.objects.create(
         username="someone@example.org",
