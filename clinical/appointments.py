@@ -33,6 +33,7 @@ from clinical.models import (
     MedicalInstitution,
     MembershipRole,
     Patient,
+    PatientUserObjectPermission,
 )
 from clinical.models.care import ALLOWED_TRANSITIONS, MAX_APPOINTMENT_DURATION
 from clinical.services import validate
@@ -77,6 +78,26 @@ def _check_doctor_works_there(doctor: Doctor, institution: MedicalInstitution, e
         raise ValidationError({"doctor": "The doctor has no doctor membership at this institution for that time."})
 
 
+def _check_doctor_reaches_patient(doctor: Doctor, patient: Patient, institution: MedicalInstitution) -> None:
+    """The doctor will be able to open the patient's record (``clinical.access``'s routes).
+
+    Booked at the patient's institution (the doctor is then its clinical staff), or
+    the patient's primary doctor, or holding an active grant on the patient.
+    Otherwise the slot would block the doctor's calendar for a patient they
+    cannot see, nor write a prescription for.
+    """
+    if institution.pk == patient.institution_id or patient.doctor_id == doctor.pk:
+        return
+    if PatientUserObjectPermission.objects.active().filter(user_id=doctor.user_id, content_object=patient).exists():
+        return
+    raise ValidationError(
+        {
+            "doctor": "This doctor cannot see this patient's record: book at the patient's institution, "
+            "or give the doctor a care-team grant first."
+        }
+    )
+
+
 DEADLOCK_DETECTED = "40P01"
 
 
@@ -116,12 +137,26 @@ def _save_scheduled(appointment: Appointment, **save_options: Any) -> None:
         raise
 
 
+def _has_prescription(appointment: Appointment) -> bool:
+    from clinical.models import Prescription
+
+    return Prescription.objects.filter(appointment_id=appointment.pk).exists()
+
+
 def _locked(appointment: Appointment, *, to: str) -> Appointment:
-    """The appointment, locked, if it may move to status ``to``."""
+    """The appointment, locked, if it may move to status ``to``.
+
+    A visit with a prescription took place: it cannot then be cancelled or missed
+    (the ``clinical_appointment_keeps_prescription`` trigger holds the same rule).
+    """
     locked = Appointment.objects.select_for_update().get(pk=appointment.pk)
     if to not in ALLOWED_TRANSITIONS[locked.status]:
         raise ValidationError(
             {"status": f"A {locked.get_status_display().lower()} appointment cannot become {to.replace('_', '-')}."}
+        )
+    if to != AppointmentStatus.COMPLETED and _has_prescription(locked):
+        raise ValidationError(
+            {"status": f"This appointment has a prescription, so it cannot become {to.replace('_', '-')}."}
         )
     return locked
 
@@ -148,6 +183,7 @@ def appointment_book(
     if not patient.is_active:
         raise ValidationError({"patient": "This patient is not active."})
     _check_doctor_works_there(doctor, institution, ends_at)
+    _check_doctor_reaches_patient(doctor, patient, institution)
     appointment = Appointment(
         patient=patient,
         doctor=doctor,
@@ -177,6 +213,8 @@ def appointment_reschedule(
     locked = Appointment.objects.select_for_update().get(pk=appointment.pk)
     if locked.status != AppointmentStatus.SCHEDULED:
         raise ValidationError({"status": f"A {locked.get_status_display().lower()} appointment cannot be moved."})
+    if _has_prescription(locked):
+        raise ValidationError({"status": "This appointment has a prescription, so it cannot be moved."})
     _check_doctor_works_there(locked.doctor, locked.institution, ends_at)
     locked.starts_at, locked.ends_at = starts_at, ends_at
     validate(locked)

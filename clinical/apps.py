@@ -43,5 +43,10 @@ class ClinicalConfig(AppConfig):
         audit_register(m.Appointment, exclude_fields=["prescription"])  # a reverse relation: one query per write
         audit_register(m.Document)  # original_name is encrypted, so masked
         audit_register(m.Prescription)  # notes are encrypted, so masked
-        audit_register(m.PrescriptionItem)  # instructions are encrypted, so masked
+        # What is prescribed is PHI like a record's content: the medication, dose and the rest stay
+        # out of the diff (instructions are encrypted, so masked); the item's record is named.
+        audit_register(
+            m.PrescriptionItem,
+            exclude_fields=["medication", "dose", "route", "frequency", "duration_days", "quantity"],
+        )
         register_rotators(document_file_rotators)

@@ -640,7 +640,7 @@ class AppointmentAdmin(PatientScopedAdmin):
         wanted = request.GET.get("doctor")
         if not wanted:
             return doctors.filter(user_id=request.user.pk).first()
-        doctor = doctors.filter(pk=int(wanted)).first() if wanted.isdigit() else None
+        doctor = doctors.filter(pk=int(wanted)).first() if wanted.isascii() and wanted.isdecimal() else None
         if doctor is None:
             raise Http404("No such doctor.")
         return doctor
@@ -649,9 +649,13 @@ class AppointmentAdmin(PatientScopedAdmin):
         wanted = request.GET.get("date")
         if wanted:
             try:
-                return datetime.date.fromisoformat(wanted)
+                day = datetime.date.fromisoformat(wanted)
             except ValueError:
-                self.message_user(request, f"Not a date: {wanted!r}; showing today.", messages.ERROR)
+                day = None
+            # Within bounds, so the previous and next days exist too.
+            if day is not None and datetime.date(1900, 1, 1) <= day <= datetime.date(9000, 12, 31):
+                return day
+            self.message_user(request, f"Not a date: {wanted!r}; showing today.", messages.ERROR)
         return timezone.localdate(timezone=zone)
 
     def _day_row(self, appointment: m.Appointment) -> dict[str, Any]:

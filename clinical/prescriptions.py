@@ -19,7 +19,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from clinical import fhir, pdf, services
@@ -265,30 +265,45 @@ def printable_lines(prescription: Prescription) -> list[pdf.Line]:
 def prescription_pdf(*, prescription: Prescription, storage: Any = None) -> Any:
     """Render the printable PDF of ``prescription`` and keep it as its document. Safe to re-run: once is enough.
 
-    Returns the document. The prescription row is locked while the PDF is made,
-    so two runs at once make one file.
+    Returns the document. Runs of the same prescription queue on an advisory
+    lock, so two at once (a redelivered task) make one file. The upload is its
+    own transaction (``document_upload``: a failed insert removes the stored
+    file), not nested in a longer one that could roll back after the file is
+    stored.
     """
-    with transaction.atomic():
-        locked = (
-            Prescription.objects.select_for_update(of=("self",))
-            .select_related("appointment__institution", "patient", "doctor__user", "printable")
-            .get(pk=prescription.pk)
+    from clinical.models import Document
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_lock(hashtextextended('caretrail.prescription_pdf.' || %s, 0))", [prescription.pk]
         )
-        if locked.printable is not None:
-            return locked.printable
-        issued = timezone.localtime(locked.created_at, locked.appointment.time_zone)
-        content = pdf.render(printable_lines(locked), title=f"Prescription {issued:%Y-%m-%d}")
+    try:
+        current = (
+            Prescription.objects.select_related("appointment__institution", "patient", "doctor__user")
+            .filter(pk=prescription.pk)
+            .first()
+        )
+        if current is None:
+            raise Prescription.DoesNotExist(f"prescription {prescription.pk} is gone")
+        if current.printable_id is not None:
+            return Document.objects.get(pk=current.printable_id)
+        issued = timezone.localtime(current.created_at, current.appointment.time_zone)
+        content = pdf.render(printable_lines(current), title=f"Prescription {issued:%Y-%m-%d}")
         document = services.document_upload(
-            patient=locked.patient,
+            patient=current.patient,
             upload=ContentFile(content, name=f"prescription-{issued:%Y-%m-%d}.pdf"),
             kind=DocumentKind.PRESCRIPTION_FILE,
             uploaded_by=None,
-            prescription=locked,
+            prescription=current,
             storage=storage,
         )
-        locked.printable = document
-        locked.save(update_fields=["printable", "updated_at"])
+        Prescription.objects.filter(pk=current.pk, printable__isnull=True).update(printable=document)
         return document
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_unlock(hashtextextended('caretrail.prescription_pdf.' || %s, 0))", [prescription.pk]
+            )
 
 
 def prescription_signed_copy_upload(*, prescription: Prescription, upload: Any, uploaded_by: Any) -> Any:

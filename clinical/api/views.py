@@ -428,10 +428,13 @@ class PatientDocumentsMixin(PatientRecordsMixin):
             scope=self.scope,
         )
 
-    def upload(self, patient: Patient) -> Response:
+    def upload(self, patient: Patient, *, by_patient: bool = False) -> Response:
         serializer = DocumentUploadSerializer(data=self.request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        if by_patient and data.get("prescription"):
+            # A prescription's files are its PDF and the copies its prescriber's side signed.
+            raise ValidationError({"prescription": ["Only staff attach files to a prescription."]})
         document = services.document_upload(
             patient=patient,
             upload=data["file"],
@@ -499,7 +502,7 @@ class MyDocumentListView(PatientDocumentsMixin, generics.GenericAPIView[Document
 
     @extend_schema(request={"multipart/form-data": DocumentUploadSerializer}, responses={201: DocumentSerializer})
     def post(self, request: Request) -> Response:
-        return self.upload(self.own_patient())  # a patient may add documents to their own record
+        return self.upload(self.own_patient(), by_patient=True)  # a patient may add documents to their own record
 
 
 class MyDocumentDownloadView(MyDocumentListView):

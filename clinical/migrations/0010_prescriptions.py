@@ -11,20 +11,73 @@ from accounts.schema import touch_updated_at
 
 # A prescription's patient and doctor are its appointment's: the three columns together
 # reference the appointment's (id, patient_id, doctor_id), which is unique. Not deferred,
-# so a mismatch fails at the INSERT and the service can name the field. ON UPDATE CASCADE:
-# should an appointment's patient change (a merge of duplicate patients), its
-# prescription follows.
+# so a mismatch fails at the INSERT and the service can name the field. NO ACTION on
+# update: once prescribed, an appointment's patient and doctor are fixed (a merge of
+# duplicate patients must move the prescription, its records and documents together,
+# in a service of its own).
 PRESCRIPTION_MATCHES_APPOINTMENT = "clinical_prescription_matches_appointment"
 ADD_PRESCRIPTION_MATCHES_APPOINTMENT = f"""
 ALTER TABLE clinical_prescription
     ADD CONSTRAINT {PRESCRIPTION_MATCHES_APPOINTMENT}
     FOREIGN KEY (appointment_id, patient_id, doctor_id)
     REFERENCES clinical_appointment (id, patient_id, doctor_id)
-    ON UPDATE CASCADE ON DELETE RESTRICT;
+    ON UPDATE NO ACTION ON DELETE RESTRICT;
 """
 DROP_PRESCRIPTION_MATCHES_APPOINTMENT = (
     f"ALTER TABLE clinical_prescription DROP CONSTRAINT IF EXISTS {PRESCRIPTION_MATCHES_APPOINTMENT};"
 )
+
+# A prescription is written at a visit that has begun and was not cancelled or missed;
+# from then on the visit cannot be cancelled, missed or moved.
+PRESCRIPTION_VISIT = "clinical_prescription_visit"
+APPOINTMENT_KEEPS_PRESCRIPTION = "clinical_appointment_keeps_prescription"
+ADD_PRESCRIPTION_VISIT_RULES = f"""
+CREATE OR REPLACE FUNCTION {PRESCRIPTION_VISIT}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM clinical_appointment a
+        WHERE a.id = NEW.appointment_id
+          AND a.status IN ('scheduled', 'completed')
+          AND a.starts_at <= clock_timestamp()
+    ) THEN
+        RAISE EXCEPTION 'a prescription needs a visit that has begun and was not cancelled or missed'
+            USING ERRCODE = 'check_violation',
+                  CONSTRAINT = '{PRESCRIPTION_VISIT}',
+                  TABLE = 'clinical_prescription';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER {PRESCRIPTION_VISIT}
+    BEFORE INSERT OR UPDATE OF appointment_id ON clinical_prescription
+    FOR EACH ROW EXECUTE FUNCTION {PRESCRIPTION_VISIT}();
+
+CREATE OR REPLACE FUNCTION {APPOINTMENT_KEEPS_PRESCRIPTION}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF (NEW.status IN ('cancelled', 'no_show')
+        OR NEW.starts_at IS DISTINCT FROM OLD.starts_at
+        OR NEW.ends_at IS DISTINCT FROM OLD.ends_at)
+       AND EXISTS (SELECT 1 FROM clinical_prescription p WHERE p.appointment_id = OLD.id) THEN
+        RAISE EXCEPTION 'an appointment with a prescription cannot be cancelled, missed or moved'
+            USING ERRCODE = 'check_violation',
+                  CONSTRAINT = '{APPOINTMENT_KEEPS_PRESCRIPTION}',
+                  TABLE = 'clinical_appointment';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER {APPOINTMENT_KEEPS_PRESCRIPTION}
+    BEFORE UPDATE OF status, starts_at, ends_at ON clinical_appointment
+    FOR EACH ROW EXECUTE FUNCTION {APPOINTMENT_KEEPS_PRESCRIPTION}();
+"""  # noqa: S608 - constant text, no values
+DROP_PRESCRIPTION_VISIT_RULES = f"""
+DROP TRIGGER IF EXISTS {APPOINTMENT_KEEPS_PRESCRIPTION} ON clinical_appointment;
+DROP FUNCTION IF EXISTS {APPOINTMENT_KEEPS_PRESCRIPTION}();
+DROP TRIGGER IF EXISTS {PRESCRIPTION_VISIT} ON clinical_prescription;
+DROP FUNCTION IF EXISTS {PRESCRIPTION_VISIT}();
+"""
 
 # The document trigger of 0008, now also for the prescription a document belongs to.
 DOCUMENT_SAME_PATIENT = "clinical_document_same_patient"
@@ -325,4 +378,5 @@ class Migration(migrations.Migration):
         touch_updated_at("clinical_prescription", "clinical_prescriptionitem"),
         migrations.RunSQL(ADD_PRESCRIPTION_MATCHES_APPOINTMENT, DROP_PRESCRIPTION_MATCHES_APPOINTMENT),
         migrations.RunSQL(ADD_DOCUMENT_PRESCRIPTION_CHECK, DROP_DOCUMENT_PRESCRIPTION_CHECK),
+        migrations.RunSQL(ADD_PRESCRIPTION_VISIT_RULES, DROP_PRESCRIPTION_VISIT_RULES),
     ]

@@ -6,8 +6,12 @@ by PostgreSQL, not only by the service: the prescription's
 ``(appointment_id, patient_id, doctor_id)`` is a foreign key to the same three
 columns of the appointment (a composite key added in migration 0010, named
 ``PRESCRIPTION_MATCHES_APPOINTMENT``), so a prescription can never name
-another doctor or patient than its appointment's, and it follows the
-appointment should the patient change (a later merge of duplicates).
+another doctor or patient than its appointment's, and the appointment's
+patient and doctor cannot change under it. Triggers of the same migration
+hold the visit rules: a prescription needs a visit that has begun and was
+not cancelled or missed (``PRESCRIPTION_VISIT``), and a visit with a
+prescription cannot then be cancelled, missed or moved
+(``APPOINTMENT_KEEPS_PRESCRIPTION``).
 
 Each item is one medication from the catalog with its dose, route, frequency,
 duration, quantity and instructions; issuing the prescription writes one
@@ -31,6 +35,8 @@ from clinical.models.records import MedicalRecord
 
 PRESCRIPTION_MATCHES_APPOINTMENT = "clinical_prescription_matches_appointment"
 APPOINTMENT_PARTIES_UNIQUE = "clinical_appointment_parties_unique"
+PRESCRIPTION_VISIT = "clinical_prescription_visit"
+APPOINTMENT_KEEPS_PRESCRIPTION = "clinical_appointment_keeps_prescription"
 
 
 class Route(models.TextChoices):
@@ -157,4 +163,5 @@ class PrescriptionItem(TimestampedModel):
         ]
 
     def __str__(self) -> str:
-        return f"{self.medication} — {self.dose}, {self.get_frequency_display().lower()}"
+        # No medication or dose: this is the audit log's label for the row, and what is prescribed is PHI.
+        return f"Prescription item {self.uuid}"

@@ -247,6 +247,21 @@ def test_it_books_a_doctor_at_a_second_institution_where_they_also_hold_a_doctor
     assert appointment.institution == second
 
 
+def test_it_books_only_a_doctor_who_can_open_the_patients_record(
+    book, t0, patient, make_doctor, make_institution, clerk
+):
+    """At another institution, a doctor who is neither the primary doctor nor holds a grant would
+    have the slot in their calendar and no access to the record."""
+    elsewhere = make_institution()
+    stranger = make_doctor(institution=elsewhere)
+    with pytest.raises(ValidationError) as caught:
+        book(t0, t0 + minutes(30), doctor=stranger, institution=elsewhere)
+    assert "cannot see this patient's record" in field_errors(caught)["doctor"][0]
+    assert not Appointment.objects.filter(doctor=stranger).exists()
+    services.grant_create(patient=patient, user=stranger.user, kind="view", granted_by=clerk, reason="Referral")
+    assert book(t0, t0 + minutes(30), doctor=stranger, institution=elsewhere).doctor == stranger
+
+
 @pytest.mark.parametrize(
     "membership",
     ["as a nurse", "ended", "not yet started", "ends before the appointment does"],

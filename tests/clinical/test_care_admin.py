@@ -446,6 +446,11 @@ def test_the_day_view_answers_bad_input_without_a_500(clinic) -> None:
     url = admin("appointment_day")
     assert client.get(url, {"doctor": "999999999"}).status_code == 404
     assert client.get(url, {"doctor": "abc"}).status_code == 404
+    assert client.get(url, {"doctor": "²"}).status_code == 404  # a digit to str.isdigit, not to int()
+    for edge in ("9999-12-31", "0001-01-01"):  # no next or previous day: shown as a bad date
+        at_the_edge = client.get(url, {"doctor": clinic.doctor.pk, "date": edge})
+        assert at_the_edge.status_code == 200
+        assert at_the_edge.context["day"] == timezone.localdate(timezone=_zone(clinic))
     bad_date = client.get(url, {"doctor": clinic.doctor.pk, "date": "2030-02-31"})
     assert bad_date.status_code == 200
     assert bad_date.context["day"] == timezone.localdate(timezone=_zone(clinic))

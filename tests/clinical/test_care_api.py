@@ -1255,3 +1255,21 @@ def test_the_own_lists_cost_the_same_queries_for_5_and_15_rows(make_patient, doc
         page_queries(many_client, url, many_rows)
 
         assert page_queries(many_client, url, many_rows) == page_queries(few_client, url, few_rows), name
+
+
+def test_a_patient_cannot_attach_a_file_to_their_prescription(patient, doctor, roles):
+    """A prescription's files are its PDF and the prescriber side's signed copies."""
+    prescription = issued(visit(patient, doctor))
+    client = token_client(patient.user)
+    before = counts()
+    response = client.post(
+        reverse("v1:my-document-list"),
+        {
+            "file": SimpleUploadedFile("signed.txt", b"Signed, honestly.\n"),
+            "kind": "prescription_file",
+            "prescription": str(prescription.uuid),
+        },
+    )
+    assert response.status_code == 400
+    assert "prescription" in response.json()
+    assert counts() == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from django.core.files.storage import default_storage
 from django.db import connection
 from django.utils import timezone
 
-from clinical import extraction, fhir, ledger, pdf, prescriptions, services
+from clinical import appointments, extraction, fhir, ledger, pdf, prescriptions, services
 from clinical.files import open_plaintext
 from clinical.models import (
     Appointment,
@@ -30,8 +31,12 @@ from clinical.models import (
     RecordType,
     Route,
 )
-from clinical.models.prescriptions import PRESCRIPTION_MATCHES_APPOINTMENT
-from tests.db import raw, rule_name
+from clinical.models.prescriptions import (
+    APPOINTMENT_KEEPS_PRESCRIPTION,
+    PRESCRIPTION_MATCHES_APPOINTMENT,
+    PRESCRIPTION_VISIT,
+)
+from tests.db import raw, rule_name, violated
 
 pytestmark = pytest.mark.django_db
 
@@ -246,11 +251,73 @@ def test_a_written_prescription_cannot_be_moved_to_another_doctor(issue, make_do
     )
 
 
-def test_the_prescription_follows_its_appointment_to_another_patient(issue, appointment, make_patient):
-    prescription = issue()
-    other = make_patient()
-    raw("UPDATE clinical_appointment SET patient_id = %s WHERE id = %s", [other.pk, appointment.pk])
-    assert Prescription.objects.get(pk=prescription.pk).patient_id == other.pk
+def test_an_appointment_with_a_prescription_keeps_its_patient_and_doctor(issue, appointment, make_patient, make_doctor):
+    issue()
+    other_patient, other_doctor = make_patient(), make_doctor()
+    for column, value in (("patient_id", other_patient.pk), ("doctor_id", other_doctor.pk)):
+        diag = violated(
+            lambda column=column, value=value: raw(
+                f"UPDATE clinical_appointment SET {column} = %s WHERE id = %s",
+                [value, appointment.pk],
+            )
+        )
+        assert diag.constraint_name in (PRESCRIPTION_MATCHES_APPOINTMENT, "clinical_appointment_closed_is_final")
+    # The patient of a visit that has not closed yet is held by the prescription's key alone.
+    ongoing = visit(appointment.patient, appointment.doctor, status=AppointmentStatus.SCHEDULED, hours_ago=0.2)
+    prescriptions.prescription_issue(appointment=ongoing, items=[item()], issued_by=appointment.doctor.user)
+    assert (
+        rule_name(
+            lambda: raw("UPDATE clinical_appointment SET patient_id = %s WHERE id = %s", [other_patient.pk, ongoing.pk])
+        )
+        == PRESCRIPTION_MATCHES_APPOINTMENT
+    )
+
+
+@pytest.mark.parametrize("action", ["cancel", "no_show", "reschedule"])
+def test_a_visit_with_a_prescription_cannot_be_cancelled_missed_or_moved(patient, doctor, action):
+    ongoing = visit(patient, doctor, status=AppointmentStatus.SCHEDULED, hours_ago=0.5)
+    prescriptions.prescription_issue(appointment=ongoing, items=[item()], issued_by=doctor.user)
+    later = timezone.now() + datetime.timedelta(days=2)
+    calls = {
+        "cancel": lambda: appointments.appointment_cancel(appointment=ongoing, by=doctor.user, reason="Ill"),
+        "no_show": lambda: appointments.appointment_mark_no_show(appointment=ongoing, by=doctor.user),
+        "reschedule": lambda: appointments.appointment_reschedule(
+            appointment=ongoing, starts_at=later, ends_at=later + datetime.timedelta(minutes=30), by=doctor.user
+        ),
+    }
+    with pytest.raises(ValidationError) as caught:
+        calls[action]()
+    assert "has a prescription" in errors_of(caught)["status"][0]
+    assert Appointment.objects.get(pk=ongoing.pk).status == AppointmentStatus.SCHEDULED
+    # Completing it is still right.
+    appointments.appointment_complete(appointment=ongoing, by=doctor.user)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "status = 'no_show', outcome_recorded_by_id = booked_by_id, outcome_recorded_at = now()",
+        "starts_at = starts_at - interval '1 hour', ends_at = ends_at - interval '1 hour'",
+    ],
+)
+def test_the_database_keeps_a_prescribed_visit_from_being_missed_or_moved(patient, doctor, change):
+    ongoing = visit(patient, doctor, status=AppointmentStatus.SCHEDULED, hours_ago=0.5)
+    Appointment.objects.filter(pk=ongoing.pk).update(booked_by=doctor.user)
+    prescriptions.prescription_issue(appointment=ongoing, items=[item()], issued_by=doctor.user)
+    assert (
+        rule_name(lambda: raw(f"UPDATE clinical_appointment SET {change} WHERE id = %s", [ongoing.pk]))
+        == APPOINTMENT_KEEPS_PRESCRIPTION
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "hours_ago"),
+    [(AppointmentStatus.CANCELLED, 2), (AppointmentStatus.NO_SHOW, 2), (AppointmentStatus.SCHEDULED, -5)],
+)
+def test_the_database_refuses_a_prescription_for_a_missed_cancelled_or_future_visit(patient, doctor, status, hours_ago):
+    wrong = visit(patient, doctor, status=status, hours_ago=hours_ago)
+    row = Prescription(appointment=wrong, patient=patient, doctor=doctor, issued_by=doctor.user)
+    assert rule_name(lambda: Prescription.objects.bulk_create([row])) == PRESCRIPTION_VISIT
 
 
 def test_a_document_cannot_point_to_another_patients_prescription(issue, make_patient):
@@ -350,3 +417,51 @@ def test_the_item_rows_keep_each_record(issue):
     payload = MedicalRecord.objects.get(pk=once.medical_record_id).payload
     assert payload["dosageInstruction"][0]["timing"]["repeat"] == {"count": 1}
     assert payload["dosageInstruction"][0]["route"]["coding"][0]["code"] == "6064005"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_pdf_runs_at_once_make_one_document(patient, doctor):
+    """A redelivered task running beside the first: the advisory lock makes the second find the first's PDF."""
+    import threading
+
+    from django.db import connection as default_connection
+
+    prescription = prescriptions.prescription_issue(
+        appointment=visit(patient, doctor), items=[item()], issued_by=doctor.user
+    )
+    start = threading.Barrier(2, timeout=30)
+    made: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            start.wait()
+            made.append(prescriptions.prescription_pdf(prescription=prescription).pk)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            default_connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert len(made) == 2 and made[0] == made[1]
+    assert Document.objects.filter(prescription=prescription).count() == 1
+    assert Prescription.objects.get(pk=prescription.pk).printable_id == made[0]
+
+
+def test_the_audit_log_does_not_say_what_was_prescribed(issue):
+    from auditlog.models import LogEntry
+
+    prescription = issue([item()])
+    row = prescription.items.get()
+    entry = LogEntry.objects.get_for_object(row).get()
+    text = f"{entry.object_repr} {entry.changes}"
+    for secret in (str(medication()), "1 capsule", "three_times_daily", "After meals"):
+        assert secret not in text, secret
+    changes = entry.changes if isinstance(entry.changes, dict) else json.loads(entry.changes or "{}")
+    assert not {"medication", "dose", "route", "frequency", "duration_days", "quantity"} & set(changes)
+    assert entry.object_repr == f"Prescription item {row.uuid}"
