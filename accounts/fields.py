@@ -82,9 +82,6 @@ class EncryptedMixin:
     def decode(self, raw: bytes) -> Any:
         raise NotImplementedError
 
-    def fingerprint(self, value: Any) -> str:
-        return self.encode(value).decode()
-
     # Mechanics ---------------------------------------------------------------
     @property
     def cache_name(self) -> str:
@@ -114,11 +111,15 @@ class EncryptedMixin:
                 return value
             # The row got a new UUID (a copy): open with the old binding, seal for the new.
             value = getattr(model_instance, self.attname)
+        # The encoding is the value's fingerprint (compared with the one cached when it was last sealed
+        # or opened) and, when it changed, the plaintext to seal: one encoding for both.
+        raw = self.encode(value)
+        fingerprint = raw.decode("utf-8")
         cached = model_instance.__dict__.get(self.cache_name)
-        if cached is not None and cached[0] == self.fingerprint(value) and cached[2] == current:
+        if cached is not None and cached[0] == fingerprint and cached[2] == current:
             return Sealed(cached[1])
-        token = self.seal_value(model_instance, value)
-        model_instance.__dict__[self.cache_name] = (self.fingerprint(value), token, current)
+        token = keyring().seal(raw, self._aad(model_instance))
+        model_instance.__dict__[self.cache_name] = (fingerprint, token, current)
         return Sealed(token)
 
     def get_db_prep_save(self, value: Any, connection: Any) -> Any:

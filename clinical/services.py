@@ -499,8 +499,13 @@ class PayloadInvalid(ValidationError):
         self.fhir_errors = errors
 
 
+# The choices as sets: a TextChoices' ``values`` builds its list anew at every call.
+_RECORD_TYPES = frozenset(RecordType.values)
+_RECORD_SOURCES = frozenset(RecordSource.values)
+
+
 def _validated(record_type: str, payload: Any) -> ValidatedResource:
-    if record_type not in RecordType.values:
+    if record_type not in _RECORD_TYPES:
         raise ValidationError({"record_type": f"Must be one of: {', '.join(RecordType.values)}."})
     try:
         return fhir.validate(record_type, payload)
@@ -553,7 +558,7 @@ def _new_record(
 ) -> MedicalRecord:
     validated = _validated(record_type, payload)
     _check_scales(severity, confidence)
-    if source not in RecordSource.values:
+    if source not in _RECORD_SOURCES:
         raise ValidationError({"source": f"Must be one of: {', '.join(RecordSource.values)}."})
     metadata, interpretation = record_searched_metadata(validated)
     return MedicalRecord(
