@@ -903,6 +903,8 @@ class PrescriptionAdmin(PatientScopedAdmin):
             else:
                 self.message_user(request, "Signed copy kept with the prescription.", messages.SUCCESS)
                 return redirect(reverse("admin:clinical_prescription_change", args=[prescription.pk]))
+        # The page names the patient: a read like the prescription's own page.
+        _audit(request, prescription.patient, [prescription], m.Prescription, "admin prescription signed-copy form")
         summary = [
             ("Patient", prescription.patient),
             ("Doctor", prescription.doctor),

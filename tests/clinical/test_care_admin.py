@@ -611,6 +611,11 @@ def test_the_prescription_page_links_the_pdf_and_takes_a_signed_copy(clinic, med
     assert offered["Upload a signed copy"] == admin("prescription_signed_copy", prescription.pk)
     assert client.get(offered["Printable PDF"]).status_code == 200
     files_before = stored_files(media)
+    entries = access_entries().count()
+    form_page = client.get(offered["Upload a signed copy"])
+    assert form_page.status_code == 200 and clinic.patient.last_name in form_page.content.decode()
+    assert access_entries().count() == entries + 1  # the form names the patient: a recorded read
+    assert access_entries().latest("id").additional_data["prescriptions"] == [str(prescription.uuid)]
 
     bad = client.post(offered["Upload a signed copy"], {"file": SimpleUploadedFile("signed.pdf", b"<html>no</html>")})
     assert bad.status_code == 200
