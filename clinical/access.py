@@ -316,17 +316,30 @@ def can_change_appointment(user: Any, patient: Patient) -> bool:
     return _signed_in(user) and user.has_perm("clinical.change_appointment") and can_change_patient(user, patient)
 
 
+def can_prescribe_for(user: Any, patient: Patient) -> bool:
+    """Write prescriptions for ``patient`` at all: the role's permission and change access to the patient."""
+    return _signed_in(user) and user.has_perm("clinical.add_prescription") and can_change_patient(user, patient)
+
+
 def can_issue_prescription(user: Any, appointment: Any) -> bool:
-    """Write the prescription of ``appointment``: only its own doctor, with the role's permission.
+    """Write the prescription of ``appointment``: only its own doctor, who may prescribe for its patient.
 
     A prescription is the prescriber's act, so not even a superuser writes one for another doctor.
     """
-    return (
-        _signed_in(user)
-        and user.has_perm("clinical.add_prescription")
-        and appointment.doctor.user_id == user.pk
-        and can_change_patient(user, appointment.patient)
-    )
+    return appointment.doctor.user_id == getattr(user, "pk", None) and can_prescribe_for(user, appointment.patient)
+
+
+def doctor_reaches_patient(doctor: Any, patient: Patient, institution: Any) -> bool:
+    """Whether ``doctor``, seeing ``patient`` at ``institution``, will be able to open the patient's record.
+
+    By the policy's routes that a booking can know of: the patient's institution (the doctor is
+    then its clinical staff), the patient's primary doctor, or an active grant on the patient.
+    """
+    from clinical.models import PatientUserObjectPermission
+
+    if institution.pk == patient.institution_id or patient.doctor_id == doctor.pk:
+        return True
+    return PatientUserObjectPermission.objects.active().filter(user_id=doctor.user_id, content_object=patient).exists()
 
 
 def can_amend_record(user: Any, patient: Patient) -> bool:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from auditlog.mixins import AuditlogHistoryAdminMixin
+from django import forms
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
+from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 
@@ -70,3 +72,13 @@ class PatientScopedAdmin(CaretrailAdmin):
         if db_field.name == "patient":
             kwargs["queryset"] = access.patients_changeable_by(request.user)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+
+def service_errors_on(form: forms.Form, exc: ValidationError, aliases: dict[str, str] | None = None) -> None:
+    """A service's ValidationError on ``form``: each field's errors on the form field that shows it, else on top."""
+    if not hasattr(exc, "error_dict"):
+        form.add_error(None, exc.messages)
+        return
+    for field, errors in exc.message_dict.items():
+        target = (aliases or {}).get(field, field)
+        form.add_error(target if target in form.fields else None, errors)

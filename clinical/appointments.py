@@ -24,7 +24,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.audit import bind_actor
-from clinical import schema
+from clinical import access, schema
 from clinical.models import (
     Appointment,
     AppointmentStatus,
@@ -33,7 +33,6 @@ from clinical.models import (
     MedicalInstitution,
     MembershipRole,
     Patient,
-    PatientUserObjectPermission,
 )
 from clinical.models.care import ALLOWED_TRANSITIONS, MAX_APPOINTMENT_DURATION
 from clinical.services import validate
@@ -76,26 +75,6 @@ def _check_doctor_works_there(doctor: Doctor, institution: MedicalInstitution, e
     )
     if not works_there:
         raise ValidationError({"doctor": "The doctor has no doctor membership at this institution for that time."})
-
-
-def _check_doctor_reaches_patient(doctor: Doctor, patient: Patient, institution: MedicalInstitution) -> None:
-    """The doctor will be able to open the patient's record (``clinical.access``'s routes).
-
-    Booked at the patient's institution (the doctor is then its clinical staff), or
-    the patient's primary doctor, or holding an active grant on the patient.
-    Otherwise the slot would block the doctor's calendar for a patient they
-    cannot see, nor write a prescription for.
-    """
-    if institution.pk == patient.institution_id or patient.doctor_id == doctor.pk:
-        return
-    if PatientUserObjectPermission.objects.active().filter(user_id=doctor.user_id, content_object=patient).exists():
-        return
-    raise ValidationError(
-        {
-            "doctor": "This doctor cannot see this patient's record: book at the patient's institution, "
-            "or give the doctor a care-team grant first."
-        }
-    )
 
 
 DEADLOCK_DETECTED = "40P01"
@@ -183,7 +162,14 @@ def appointment_book(
     if not patient.is_active:
         raise ValidationError({"patient": "This patient is not active."})
     _check_doctor_works_there(doctor, institution, ends_at)
-    _check_doctor_reaches_patient(doctor, patient, institution)
+    if not access.doctor_reaches_patient(doctor, patient, institution):
+        # The slot would block the doctor's calendar for a patient they cannot see, nor prescribe for.
+        raise ValidationError(
+            {
+                "doctor": "This doctor cannot see this patient's record: book at the patient's institution, "
+                "or give the doctor a care-team grant first."
+            }
+        )
     appointment = Appointment(
         patient=patient,
         doctor=doctor,

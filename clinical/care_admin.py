@@ -22,7 +22,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.admin.widgets import AutocompleteSelect
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Count, DateField, ExpressionWrapper, F, Func, Q, QuerySet
+from django.db.models import Count, DateField, ExpressionWrapper, F, Func, QuerySet
 from django.db.models.functions import Now
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
@@ -34,7 +34,7 @@ from django.utils.http import urlencode
 
 from clinical import access, appointments, prescriptions, selectors
 from clinical import models as m
-from clinical.admin_base import PatientScopedAdmin
+from clinical.admin_base import PatientScopedAdmin, service_errors_on
 from clinical.audit import care_access_record, patient_list_access_record, purpose_for
 from clinical.selectors import doctor_day
 
@@ -62,16 +62,6 @@ def utc_from_local(day: datetime.date, at: datetime.time, zone: zoneinfo.ZoneInf
     if instant.astimezone(zone).replace(tzinfo=None) != wall:
         raise ValidationError(f"{wall:%H:%M} does not exist on {day:%Y-%m-%d} in {zone.key}: the clocks go forward.")
     return instant
-
-
-def service_errors_on(form: forms.Form, exc: ValidationError, aliases: dict[str, str] | None = None) -> None:
-    """A service's ValidationError on ``form``: each field's errors on the form field that shows it, else on top."""
-    if not hasattr(exc, "error_dict"):
-        form.add_error(None, exc.messages)
-        return
-    for field, errors in exc.message_dict.items():
-        target = (aliases or {}).get(field, field)
-        form.add_error(target if target in form.fields else None, errors)
 
 
 def autocomplete_field(
@@ -291,22 +281,6 @@ class DoctorFilter(admin.SimpleListFilter):
 
 
 # Appointments ----------------------------------------------------------------------------
-
-
-def doctors_seen_by(user: Any) -> QuerySet[m.Doctor]:
-    """The doctors the day view offers ``user``: themselves, the doctors working where they work,
-    and the doctors of patients granted to them (everyone's, for a superuser)."""
-    doctors = m.Doctor.objects.filter(is_active=True).select_related("user", "institution")
-    scope = access.scope_of(user, access.VIEW)
-    if scope.everything:
-        return doctors
-    working_there = m.InstitutionMembership.objects.active().filter(
-        role=m.MembershipRole.DOCTOR, institution_id__in=scope.institution_ids
-    )
-    granted = m.Patient.objects.filter(pk__in=scope.granted_ids)
-    return doctors.filter(
-        Q(user_id=user.pk) | Q(user_id__in=working_there.values("user_id")) | Q(pk__in=granted.values("doctor_id"))
-    )
 
 
 @admin.register(m.Appointment)
@@ -611,7 +585,7 @@ class AppointmentAdmin(PatientScopedAdmin):
         rows = list(doctor_day(user=request.user, doctor=doctor, day=day, zone=zone)) if doctor is not None else []
         if rows:
             _audit_list(request, (a.patient for a in rows), "admin doctor's day")
-        picker = list(doctors_seen_by(request.user))
+        picker = list(selectors.doctors_seen_by(user=request.user))
         if doctor is not None and doctor not in picker:
             picker.insert(0, doctor)
         context: dict[str, Any] = {

@@ -25,10 +25,10 @@ from django.utils.html import format_html
 from clinical import access, services
 from clinical import models as m
 from clinical.admin import PatientAdmin
-from clinical.admin_base import PatientScopedAdmin
+from clinical.admin_base import PatientScopedAdmin, service_errors_on
 from clinical.api.views import document_download_response
 from clinical.audit import document_access_record, purpose_for
-from clinical.care_admin import CARE_FORM_TEMPLATE, autocomplete_field, service_errors_on
+from clinical.care_admin import CARE_FORM_TEMPLATE, autocomplete_field
 
 
 def _download_link(document: m.Document) -> str:

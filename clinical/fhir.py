@@ -514,7 +514,7 @@ def build_vital_signs(
         "category": [_codeable(OBSERVATION_CATEGORY, "vital-signs", "Vital Signs")],
         "code": _codeable(LOINC, kind, spec.name),
         "subject": _reference(patient_reference),
-        "effectiveDateTime": _date_time(effective),
+        "effectiveDateTime": date_time_text(effective),
     }
     if spec.components:
         if value is not None or systolic is None or diastolic is None:
@@ -552,7 +552,7 @@ def build_lab_result(
         "category": [_codeable(OBSERVATION_CATEGORY, "laboratory", "Laboratory")],
         "code": _codeable(LOINC, _required(loinc_code, "loinc_code"), display),
         "subject": _reference(patient_reference),
-        "effectiveDateTime": _date_time(effective),
+        "effectiveDateTime": date_time_text(effective),
         "valueQuantity": _ucum_quantity(value, unit),
     }
     bounds = {name: _ucum_quantity(bound, unit) for name, bound in (("low", low), ("high", high)) if bound is not None}
@@ -919,7 +919,7 @@ def _required(value: str, name: str) -> str:
     return value.strip()
 
 
-def _date_time(value: dt.datetime) -> str:
+def date_time_text(value: dt.datetime) -> str:
     if not isinstance(value, dt.datetime) or value.utcoffset() is None:
         raise ValueError("effective must be a timezone-aware datetime (FHIR requires an offset with a time)")
     text = value.isoformat(timespec="seconds")

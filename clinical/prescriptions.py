@@ -124,7 +124,7 @@ def medication_request(
         if codings
         else {"text": str(medication)},
         "subject": {"reference": f"Patient/{prescription.patient.uuid}"},
-        "authoredOn": _fhir_instant(authored),
+        "authoredOn": fhir.date_time_text(authored),
         "requester": {"reference": f"Practitioner/{prescription.doctor.uuid}", "display": str(prescription.doctor)},
         "dosageInstruction": [dosage],
         "dispenseRequest": {
@@ -133,11 +133,6 @@ def medication_request(
         },
     }
     return resource
-
-
-def _fhir_instant(value: datetime.datetime) -> str:
-    """An aware time as FHIR dateTime text, in UTC with "Z" (so a stored payload reads back the same)."""
-    return value.astimezone(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _locked_appointment(appointment: Appointment) -> Appointment:

@@ -28,7 +28,7 @@ from django.utils.html import format_html, format_html_join
 
 from clinical import access, fhir, services
 from clinical import models as m
-from clinical.admin_base import PatientScopedAdmin
+from clinical.admin_base import PatientScopedAdmin, service_errors_on
 from clinical.audit import purpose_for, record_access_record, record_list_access_record
 from clinical.selectors import with_record_details
 
@@ -435,7 +435,7 @@ class MedicalRecordAdmin(PatientScopedAdmin):
             except fhir.FhirValidationError as exc:
                 form.add_error(None, [f"{e['path']}: {e['message']}" for e in exc.errors])
             except ValidationError as exc:
-                _form_errors(form, exc, payload_field="fhir_json" if kind == "fhir" else None)
+                service_errors_on(form, exc, {"payload": "fhir_json"} if kind == "fhir" else None)
             else:
                 self.message_user(request, f"{record} added for {patient}.", messages.SUCCESS)
                 return redirect(reverse("admin:clinical_medicalrecord_change", args=[record.pk]))
@@ -473,7 +473,7 @@ class MedicalRecordAdmin(PatientScopedAdmin):
                     reason=form.cleaned_data["reason"],
                 )
             except ValidationError as exc:
-                _form_errors(form, exc, payload_field="fhir_json")
+                service_errors_on(form, exc, {"payload": "fhir_json"})
             else:
                 self.message_user(request, f"Amended: version {amended.version} is now current.", messages.SUCCESS)
                 return redirect(reverse("admin:clinical_medicalrecord_change", args=[amended.pk]))
@@ -488,19 +488,9 @@ class MedicalRecordAdmin(PatientScopedAdmin):
                     record=record, by=request.user, reason=form.cleaned_data["reason"]
                 )
             except ValidationError as exc:
-                _form_errors(form, exc)
+                service_errors_on(form, exc)
             else:
                 self.message_user(request, "Marked entered in error; it stays readable.", messages.WARNING)
                 return redirect(reverse("admin:clinical_medicalrecord_change", args=[record.pk]))
         title = "Mark this record entered in error"
         return self._page(request, "reason_form.html", title, form=form, summary=summary_html(record))
-
-
-def _form_errors(form: forms.Form, exc: ValidationError, payload_field: str | None = None) -> None:
-    """A service's field errors on the form; ``payload`` errors go to the JSON field or the top."""
-    if not hasattr(exc, "error_dict"):
-        form.add_error(None, exc.messages)
-        return
-    for field, errors in exc.message_dict.items():
-        target = payload_field if field == "payload" else field
-        form.add_error(target if target in form.fields else None, errors)

@@ -5,18 +5,20 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from django.db.models import F, OuterRef, QuerySet, Subquery
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.urls import reverse
 
-from clinical.access import VisiblePatients, patients_visible_to
+from clinical.access import VIEW, VisiblePatients, patients_visible_to, scope_of
 from clinical.fhir import system_uri
 from clinical.models import (
     Doctor,
     Gender,
+    InstitutionMembership,
     LedgerEntry,
     LedgerEntryKind,
     MedicalInstitution,
     MedicalRecord,
+    MembershipRole,
     Patient,
     RecordStatus,
     Sex,
@@ -261,4 +263,20 @@ def awaiting_prescription(*, user: Any) -> QuerySet[Any]:
         )
         .select_related("patient", "institution")
         .order_by("-starts_at", "-id")
+    )
+
+
+def doctors_seen_by(*, user: Any) -> QuerySet[Doctor]:
+    """The doctors the day view offers ``user``: themselves, the doctors working where they work,
+    and the doctors of patients granted to them (everyone's, for a superuser)."""
+    doctors = Doctor.objects.filter(is_active=True).select_related("user", "institution")
+    scope = scope_of(user, VIEW)
+    if scope.everything:
+        return doctors
+    working_there = InstitutionMembership.objects.active().filter(
+        role=MembershipRole.DOCTOR, institution_id__in=scope.institution_ids
+    )
+    granted = Patient.objects.filter(pk__in=scope.granted_ids)
+    return doctors.filter(
+        Q(user_id=user.pk) | Q(user_id__in=working_there.values("user_id")) | Q(pk__in=granted.values("doctor_id"))
     )

@@ -126,13 +126,6 @@ class CareMixin(PatientDocumentsMixin):
             raise Http404
         return prescription
 
-    def own_patient(self) -> Patient:
-        self.scope = access.scope_of(self.request.user, access.VIEW)
-        patient = access.patients_in(self.scope).filter(user_id=self.request.user.pk).first()
-        if patient is None:
-            raise Http404("You have no patient record.")
-        return patient
-
 
 def _one(rows: QuerySet[Any], uuid: Any, field: str, label: str) -> Any:
     found = rows.filter(uuid=uuid).first()
@@ -286,9 +279,7 @@ class PatientPrescriptionListView(CareMixin, generics.GenericAPIView[Prescriptio
     @extend_schema(request=PrescriptionIssueSerializer, responses={201: PrescriptionSerializer})
     def post(self, request: Request, uuid: Any) -> Response:
         patient = self.visible_patient(uuid)
-        if not (
-            request.user.has_perm("clinical.add_prescription") and access.can_change_patient(request.user, patient)
-        ):
+        if not access.can_prescribe_for(request.user, patient):
             raise PermissionDenied("You may see this patient but not write prescriptions.")
         serializer = PrescriptionIssueSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -229,6 +229,14 @@ class PatientRecordsMixin:
             raise Http404
         return patient
 
+    def own_patient(self) -> Patient:
+        """The caller's own patient record (the portal's ``me/`` routes), through the same policy."""
+        self.scope = access.scope_of(self.request.user, access.VIEW)
+        patient = access.patients_in(self.scope).filter(user_id=self.request.user.pk).first()
+        if patient is None:
+            raise Http404("You have no patient record.")
+        return patient
+
     def visible_record(self, patient: Patient, record_uuid: Any) -> MedicalRecord:
         record = with_record_details(MedicalRecord.objects.filter(patient=patient, uuid=record_uuid)).first()
         if record is None:
@@ -342,13 +350,6 @@ class MyRecordListView(PatientRecordsMixin, generics.GenericAPIView[MedicalRecor
 
     serializer_class = RecordSerializer
     pagination_class = RecordPagination
-
-    def own_patient(self) -> Patient:
-        self.scope = access.scope_of(self.request.user, access.VIEW)
-        patient = access.patients_in(self.scope).filter(user_id=self.request.user.pk).first()
-        if patient is None:
-            raise Http404("You have no patient record.")
-        return patient
 
     @extend_schema(parameters=RECORD_FILTER_PARAMETERS[:-1], responses=RecordSerializer(many=True))
     def get(self, request: Request) -> Response:
@@ -485,13 +486,6 @@ class MyDocumentListView(PatientDocumentsMixin, generics.GenericAPIView[Document
     serializer_class = DocumentSerializer
     pagination_class = RecordPagination
     parser_classes = [MultiPartParser, FormParser, JSONParser]
-
-    def own_patient(self) -> Patient:
-        self.scope = access.scope_of(self.request.user, access.VIEW)
-        patient = access.patients_in(self.scope).filter(user_id=self.request.user.pk).first()
-        if patient is None:
-            raise Http404("You have no patient record.")
-        return patient
 
     @extend_schema(responses=DocumentSerializer(many=True))
     def get(self, request: Request) -> Response:
