@@ -40,6 +40,7 @@ from clinical.models import (
     PrescriptionItem,
     RecordType,
 )
+from tests.clinical.care import medication, visit
 from tests.clinical.test_files import pdf_bytes, png_bytes
 from tests.conftest import PASSWORD
 
@@ -206,38 +207,6 @@ def booked(patient: Patient, doctor: Doctor, starts_at: datetime.datetime, lengt
     )
 
 
-def visit(
-    patient: Patient,
-    doctor: Doctor,
-    *,
-    status: str = AppointmentStatus.COMPLETED,
-    starts_at: datetime.datetime | None = None,
-    hours_ago: float = 2,
-) -> Appointment:
-    """An appointment that has begun (bookings cannot start in the past, so around the services)."""
-    starts_at = starts_at or timezone.now() - datetime.timedelta(hours=hours_ago)
-    outcome: dict[str, Any] = {}
-    if status in (AppointmentStatus.COMPLETED, AppointmentStatus.NO_SHOW):
-        outcome = {"outcome_recorded_by": doctor.user, "outcome_recorded_at": timezone.now()}
-    elif status == AppointmentStatus.CANCELLED:
-        outcome = {"cancelled_by": doctor.user, "cancelled_at": timezone.now(), "cancellation_reason": "Ill"}
-    (appointment,) = Appointment.objects.bulk_create(
-        [
-            Appointment(
-                patient=patient,
-                doctor=doctor,
-                institution_id=doctor.institution_id,
-                starts_at=starts_at,
-                ends_at=starts_at + minutes(30),
-                status=status,
-                booked_by=doctor.user,
-                **outcome,
-            )
-        ]
-    )
-    return appointment
-
-
 def appointments_url(patient: Patient) -> str:
     return reverse("v1:appointment-list", args=[patient.uuid])
 
@@ -253,10 +222,6 @@ def ids(response: Any) -> list[str]:
 
 
 # Prescriptions -----------------------------------------------------------------------------------
-
-
-def medication(name: str = "amoxicillin") -> Medication:
-    return Medication.objects.filter(generic_name=name).order_by("id").first() or Medication.objects.order_by("id")[0]
 
 
 def other_medication(than: Medication) -> Medication:

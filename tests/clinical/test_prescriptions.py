@@ -25,7 +25,6 @@ from clinical.models import (
     DocumentKind,
     Frequency,
     MedicalRecord,
-    Medication,
     Prescription,
     PrescriptionItem,
     RecordType,
@@ -36,6 +35,7 @@ from clinical.models.prescriptions import (
     PRESCRIPTION_MATCHES_APPOINTMENT,
     PRESCRIPTION_VISIT,
 )
+from tests.clinical.care import medication, visit
 from tests.db import raw, rule_name, violated
 
 pytestmark = pytest.mark.django_db
@@ -45,34 +45,6 @@ PNG_1X1 = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de"
     "0000000c4944415408d763f8cfc000000301010018dd8db00000000049454e44ae426082"
 )
-
-
-def visit(patient: Any, doctor: Any, *, status: str = AppointmentStatus.COMPLETED, hours_ago: float = 2) -> Appointment:
-    """An appointment that has begun (written around the services: bookings cannot start in the past)."""
-    starts_at = timezone.now() - datetime.timedelta(hours=hours_ago)
-    outcome: dict[str, Any] = {}
-    if status in (AppointmentStatus.COMPLETED, AppointmentStatus.NO_SHOW):
-        outcome = {"outcome_recorded_by": doctor.user, "outcome_recorded_at": timezone.now()}
-    elif status == AppointmentStatus.CANCELLED:
-        outcome = {"cancelled_by": doctor.user, "cancelled_at": timezone.now(), "cancellation_reason": "Ill"}
-    (appointment,) = Appointment.objects.bulk_create(
-        [
-            Appointment(
-                patient=patient,
-                doctor=doctor,
-                institution_id=doctor.institution_id,
-                starts_at=starts_at,
-                ends_at=starts_at + datetime.timedelta(minutes=30),
-                status=status,
-                **outcome,
-            )
-        ]
-    )
-    return appointment
-
-
-def medication(name: str = "amoxicillin") -> Medication:
-    return Medication.objects.filter(generic_name=name).order_by("id").first() or Medication.objects.order_by("id")[0]
 
 
 def item(**overrides: Any) -> dict[str, Any]:
