@@ -26,8 +26,7 @@ class ClinicalConfig(AppConfig):
         ):
             audit_register(model)
         # What a record says is PHI: its codes, dates, interpretation and scales stay out of
-        # audit diffs like the payload (masked as encrypted). superseded_by is a reverse
-        # relation the diff would read with one more query per write, like prescription_item.
+        # audit diffs like the payload (masked as encrypted).
         audit_register(
             m.MedicalRecord,
             exclude_fields=[
@@ -36,11 +35,9 @@ class ClinicalConfig(AppConfig):
                 "interpretation",
                 "severity",
                 "confidence",
-                "superseded_by",
-                "prescription_item",
             ],
         )
-        audit_register(m.Appointment, exclude_fields=["prescription"])  # a reverse relation: one query per write
+        audit_register(m.Appointment)
         audit_register(m.Document)  # original_name is encrypted, so masked
         audit_register(m.Prescription)  # notes are encrypted, so masked
         # What is prescribed is PHI like a record's content: the medication, dose and the rest stay

@@ -107,6 +107,15 @@ def test_registering_a_patient_logs_the_encrypted_notes_masked(registered):
     assert_entry_hides_plaintext(created)
 
 
+def test_a_diff_holds_only_the_rows_own_columns_not_the_relations_to_it(registered):
+    [created] = entries(registered, LogEntry.Action.CREATE)
+    columns = {field.name for field in Patient._meta.concrete_fields}
+    assert set(created.changes) <= columns
+    # The reverse relations of a patient that a create's diff used to name as "<app>.<Model>.None".
+    assert not {"records", "appointments", "documents", "health_profile"} & set(created.changes)
+    assert not any(".None" in str(values) for values in created.changes.values())
+
+
 def test_changing_notes_and_rejecting_logs_them_masked_while_plain_fields_show(registered, superuser):
     patient = Patient.objects.get(pk=registered.pk)
     patient.first_name = "Gracie"
