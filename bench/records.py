@@ -8,7 +8,11 @@ the middleware binds it for a request, so every write is validated (FHIR R4B),
 hashed (RFC 8785 + SHA-256), encrypted (AES-256-GCM), chained into the ledger
 and audited. Against it, in the same process and interleaved write for write:
 ``PlainRecord.objects.create`` of the same JSON into a bench-only table with a
-JSONB column, no validation, encryption, ledger or audit.
+JSONB column, no validation, encryption, ledger or audit; and
+``ShapedRecord.objects.create`` of the same JSON and the same searched metadata
+into a copy of the record table itself (every column, index, check and foreign
+key; the payload as JSONB), which is what the four features cost on top of
+storing a record at all.
 
 Read path: a patient with 200 records (lab results, vital signs, diagnoses,
 vaccinations), first page of 50, newest first, through Django's full request
@@ -114,6 +118,53 @@ class PlainRecord(models.Model):
         managed = False
         db_table = "bench_plainrecord"
         indexes = [models.Index(fields=["patient", "created_at", "id"], name="bench_plainrecord_patient")]
+
+    def __str__(self) -> str:
+        return f"{self.record_type} {self.uuid}"
+
+
+class ShapedRecord(models.Model):
+    """A medical record's row with the payload as plain JSONB, in a copy of the record table; bench only.
+
+    ``create_shaped_table`` copies ``clinical_medicalrecord`` with its indexes,
+    checks and foreign keys, so an insert here pays the same database work as a
+    record's INSERT, and none of validation, encryption, ledger or audit.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    uuid = models.UUIDField()
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    patient = models.ForeignKey(Patient, on_delete=models.DO_NOTHING, related_name="+")
+    record_type = models.CharField(max_length=20)
+    resource_type = models.CharField(max_length=40)
+    payload = models.JSONField()
+    record_metadata = models.JSONField(default=dict)
+    effective_date = models.DateField(null=True)
+    data_hash = models.CharField(max_length=64)
+    series = models.UUIDField()
+    version = models.PositiveIntegerField(default=1)
+    supersedes = models.ForeignKey("self", on_delete=models.DO_NOTHING, null=True, related_name="+")
+    status = models.CharField(max_length=20, default="current")
+    amendment_reason = models.TextField(null=True)
+    error_reason = models.TextField(null=True)
+    marked_in_error_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, null=True, related_name="+"
+    )
+    marked_in_error_at = models.DateTimeField(null=True)
+    source = models.CharField(max_length=16, default="manual")
+    severity = models.PositiveSmallIntegerField(null=True)
+    confidence = models.DecimalField(max_digits=3, decimal_places=2, null=True)
+    interpretation = models.CharField(max_length=10, null=True)
+    verified_at = models.DateTimeField(null=True)
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, null=True, related_name="+")
+    institution = models.ForeignKey(MedicalInstitution, on_delete=models.DO_NOTHING, null=True, related_name="+")
+    verified_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, null=True, related_name="+")
+
+    class Meta:
+        app_label = "bench"
+        managed = False
+        db_table = "bench_shapedrecord"
 
     def __str__(self) -> str:
         return f"{self.record_type} {self.uuid}"
@@ -228,6 +279,38 @@ def create_plain_table() -> None:
 
     with connection.schema_editor() as editor:
         editor.create_model(PlainRecord)
+        for index in PlainRecord._meta.indexes:  # create_model leaves them out for an unmanaged model
+            editor.add_index(PlainRecord, index)
+
+
+def create_shaped_table() -> None:
+    """``bench_shapedrecord``: the record table's columns, defaults, checks, indexes and foreign keys."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE bench_shapedrecord (LIKE clinical_medicalrecord INCLUDING ALL)")
+        cursor.execute("ALTER TABLE bench_shapedrecord ALTER COLUMN payload TYPE jsonb USING payload::jsonb")
+        cursor.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = 'clinical_medicalrecord'::regclass AND contype = 'f' ORDER BY conname"
+        )
+        for number, (_, definition) in enumerate(cursor.fetchall()):
+            definition = definition.replace("REFERENCES clinical_medicalrecord(", "REFERENCES bench_shapedrecord(")
+            cursor.execute(f"ALTER TABLE bench_shapedrecord ADD CONSTRAINT bench_shaped_fk_{number} {definition}")
+
+
+def table_shape(table: str) -> tuple[int, int]:
+    """The number of indexes and of foreign keys of ``table``."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT (SELECT count(*) FROM pg_index WHERE indrelid = %s::regclass),"
+            " (SELECT count(*) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'f')",
+            [table, table],
+        )
+        indexes, foreign_keys = cursor.fetchone()
+    return indexes, foreign_keys
 
 
 def analyze() -> None:
@@ -301,6 +384,33 @@ def write_path(
         with disable_auditlog():
             services.record_create(patient=patient, record_type=fhir.LAB_RESULT, payload=payload, author=user)
 
+    # What a record stores besides its payload, worked out before the clock: the shaped insert
+    # stores the same, so its indexes do the same work, but validates and hashes nothing.
+    searched = {
+        id(payload): services.record_searched_metadata(fhir.validate(fhir.LAB_RESULT, payload))[0]
+        for payload in payloads
+    }
+    unhashed = "0" * 64
+
+    def shaped(payload: dict[str, Any]) -> None:
+        metadata = searched[id(payload)]
+        now = timezone.now()
+        ShapedRecord.objects.create(
+            uuid=_uuid(rng),
+            series=_uuid(rng),
+            created_at=now,
+            updated_at=now,
+            patient=patient,
+            record_type=fhir.LAB_RESULT,
+            resource_type="Observation",
+            payload=payload,
+            record_metadata=metadata,
+            effective_date=datetime.date.fromisoformat(metadata["effective"][:10]),
+            data_hash=unhashed,
+            author=user,
+            institution_id=patient.institution_id,
+        )
+
     def plain(payload: dict[str, Any]) -> None:
         PlainRecord.objects.create(
             uuid=_uuid(rng),
@@ -315,14 +425,14 @@ def write_path(
         )
 
     for i in range(warm_up):
-        for write in (real, unaudited, plain):
+        for write in (real, unaudited, shaped, plain):
             write(payloads[i % len(payloads)])
     records_before = MedicalRecord.objects.filter(patient=patient).count()
     audits_before = LogEntry.objects.filter(actor=user, action=LogEntry.Action.CREATE).count()
     # In-situ clocks on the ledger append and the COMMIT of the audited writes.
     connection = connections["default"]
     appends, commits = Stopwatch(ledger.append), Stopwatch(connection.commit)
-    times: dict[str, list[float]] = {"real": [], "unaudited": [], "plain": []}
+    times: dict[str, list[float]] = {"real": [], "unaudited": [], "shaped": [], "plain": []}
     with mock.patch.object(ledger, "append", appends), mock.patch.object(connection, "commit", commits):
         # Interleaved write for write, so drift on the server (autovacuum, checkpoints) hits all alike.
         for i in range(writes):
@@ -331,6 +441,7 @@ def write_path(
             times["real"].append(timed(partial(real, payload)))
             appends.on = commits.on = False
             times["unaudited"].append(timed(partial(unaudited, payload)))
+            times["shaped"].append(timed(partial(shaped, payload)))
             times["plain"].append(timed(partial(plain, payload)))
     written = MedicalRecord.objects.filter(patient=patient).count() - records_before
     audited = LogEntry.objects.filter(actor=user, action=LogEntry.Action.CREATE).count() - audits_before
@@ -339,6 +450,7 @@ def write_path(
 
     record_sql = sql_of(lambda: real(payloads[0]))
     plain_sql = sql_of(lambda: plain(payloads[0]))
+    shaped_sql = sql_of(lambda: shaped(payloads[0]))
     with profiled(f"{min(writes, 200)} record_create calls", profile):
         for i in range(min(writes, 200) if profile else 0):
             real(payloads[i % len(payloads)])
@@ -351,6 +463,10 @@ def write_path(
         "commit": commits.samples,
         "record_sql": record_sql,
         "plain_sql": plain_sql,
+        "shaped_sql": shaped_sql,
+        "shapes": {
+            table: table_shape(table) for table in ("clinical_medicalrecord", "bench_shapedrecord", "bench_plainrecord")
+        },
         "ledger_entries": LedgerEntry.objects.count(),
         "audited": audited,
     }
@@ -507,8 +623,8 @@ def read_breakdown(patient: Patient) -> dict[str, float]:
 # Report ---------------------------------------------------------------------------------
 
 
-def report_writes(w: dict[str, Any], writes: int, warm_up: int) -> tuple[float, float]:
-    real, unaudited, plain = w["real"], w["unaudited"], w["plain"]
+def report_writes(w: dict[str, Any], writes: int, warm_up: int) -> dict[str, float]:
+    real, unaudited, shaped, plain = w["real"], w["unaudited"], w["shaped"], w["plain"]
     print(
         f"\nwrite path: {writes} writes of each kind after {warm_up} warm-up, interleaved, one transaction per write, "
         f"a lab-result Observation of {w['payload_bytes']:.0f} bytes"
@@ -516,11 +632,14 @@ def report_writes(w: dict[str, Any], writes: int, warm_up: int) -> tuple[float, 
     for name, samples in (
         ("record_create (validate, hash, seal, ledger, audit)", real),
         ("record_create with auditlog disabled", unaudited),
-        ("plain ORM insert (JSONB, no checks)", plain),
+        ("plain ORM insert into a copy of the record table", shaped),
+        ("plain ORM insert into a minimal table", plain),
     ):
         print(f"        {name:<52} p50 {statistics.median(samples):6.2f} ms  p95 {p95(samples):6.2f} ms")
     print(f"    SQL per record_create: {len(w['record_sql'])} statements ({statement_heads(w['record_sql'])})")
-    print(f"    SQL per plain insert: {len(w['plain_sql'])} statement (autocommit)")
+    print(f"    SQL per plain insert: {len(w['plain_sql'])} and {len(w['shaped_sql'])} statement (autocommit)")
+    for table, (indexes, foreign_keys) in w["shapes"].items():
+        print(f"    {table}: {indexes} indexes, {foreign_keys} foreign keys")
     print(f"    ledger entries now {w['ledger_entries']}; {w['audited']} audit entries from the timed audited writes")
     print(f"  breakdown of one record_create (p50 of {writes} each):")
     parts = {name: statistics.median(samples) for name, samples in w["breakdown"].items()}
@@ -531,7 +650,12 @@ def report_writes(w: dict[str, Any], writes: int, warm_up: int) -> tuple[float, 
         print(f"        {name:<52} {ms:6.3f} ms")
     rest = statistics.median(real) - sum(parts.values())
     print(f"        {'the rest (record INSERT, ORM, BEGIN, set_actor)':<52} {rest:6.3f} ms")
-    return statistics.median(real) / statistics.median(plain), p95(real) / p95(plain)
+    return {
+        "p50": statistics.median(real) / statistics.median(plain),
+        "p95": p95(real) / p95(plain),
+        "shaped p50": statistics.median(real) / statistics.median(shaped),
+        "shaped p95": p95(real) / p95(shaped),
+    }
 
 
 def report_reads(r: dict[str, Any], records: int) -> float:
@@ -572,6 +696,7 @@ def run(*, writes: int = 500, warm_up: int = 50, records: int = 200, profile: bo
     builder.patients(doctors, 40, Counts(), lambda n: None)
     writer, reader = Patient.objects.filter(doctor=doctor).order_by("id")[:2]
     create_plain_table()
+    create_shaped_table()
     print(
         "Medical records: the write path and a page of 50 decrypted records, each against plain JSONB storage "
         f"(load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)"
@@ -582,12 +707,14 @@ def run(*, writes: int = 500, warm_up: int = 50, records: int = 200, profile: bo
     analyze()
     r = read_path(doctor=doctor, patient=reader, profile=profile)
 
-    p50_ratio, p95_ratio = report_writes(w, writes, warm_up)
+    write = report_writes(w, writes, warm_up)
     read_ratio = report_reads(r, records)
     api, plain = "API (policy, decrypt, audit)", "plain JSONB, same policy/audit"
     print("\nratios")
-    print(f"  write p50 / plain insert p50:            {p50_ratio:.2f}  (target <= 3)")
-    print(f"  write p95 / plain insert p95:            {p95_ratio:.2f}")
+    print(f"  write p50 / plain insert p50, minimal table:         {write['p50']:.2f}  (target <= 3)")
+    print(f"  write p95 / plain insert p95, minimal table:         {write['p95']:.2f}")
+    print(f"  write p50 / plain insert p50, copy of record table:  {write['shaped p50']:.2f}  (target <= 3)")
+    print(f"  write p95 / plain insert p95, copy of record table:  {write['shaped p95']:.2f}")
     print(f"  page of 50 decrypted / same page stored plain (same view), median: {read_ratio:.2f}  (target <= 1.5)")
     print(f"  page of 50 decrypted / same page stored plain (same view), p95:    {r['p95'][api] / r['p95'][plain]:.2f}")
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")

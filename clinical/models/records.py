@@ -67,7 +67,8 @@ class MedicalRecordQuerySet(EncryptedQuerySet):
 
 
 class MedicalRecord(TimestampedModel):
-    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="records")
+    # Indexed by the (patient, ...) indexes below; a column of its own would only cost writes.
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="records", db_index=False)
     record_type = models.CharField(max_length=20, choices=RecordType.choices)
     resource_type = models.CharField(max_length=40, editable=False)
     payload = EncryptedJSONField()
@@ -85,7 +86,7 @@ class MedicalRecord(TimestampedModel):
     amendment_reason = EncryptedTextField(null=True, blank=True)
     error_reason = EncryptedTextField(null=True, blank=True)
     marked_in_error_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
     )
     marked_in_error_at = models.DateTimeField(null=True, blank=True)
 
@@ -96,7 +97,7 @@ class MedicalRecord(TimestampedModel):
     )
     interpretation = models.CharField(max_length=10, choices=Interpretation.choices, null=True, blank=True)
     verified_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
     )
     verified_at = models.DateTimeField(null=True, blank=True)
     author = models.ForeignKey(
@@ -144,6 +145,16 @@ class MedicalRecord(TimestampedModel):
             models.Index(fields=["patient", "created_at", "id"], name="clinical_record_patient"),
             models.Index(fields=["patient", "effective_date"], name="clinical_record_effective"),
             GinIndex(fields=["record_metadata"], name="clinical_record_metadata"),
+            # For the PROTECT check when a user is deleted. Partial: a new record has neither
+            # (NULL), so its INSERT does not touch these indexes.
+            models.Index(
+                fields=["verified_by"], condition=Q(verified_by__isnull=False), name="clinical_record_verified_by"
+            ),
+            models.Index(
+                fields=["marked_in_error_by"],
+                condition=Q(marked_in_error_by__isnull=False),
+                name="clinical_record_error_by",
+            ),
         ]
         permissions = [("verify_medicalrecord", "Can verify medical records")]
 
@@ -172,22 +183,26 @@ class LedgerEntry(models.Model):
     id = models.BigAutoField(primary_key=True)
     uuid = models.UUIDField(default=uuid_lib.uuid4, unique=True, editable=False)
     seq = models.BigIntegerField(unique=True)
-    record = models.ForeignKey(
-        MedicalRecord, on_delete=models.DO_NOTHING, db_constraint=False, related_name="ledger_entries"
+    record = models.ForeignKey(  # indexed by (record, seq) below
+        MedicalRecord, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="ledger_entries"
     )
     record_uuid = models.UUIDField()
     version = models.PositiveIntegerField()
     kind = models.CharField(max_length=20, choices=LedgerEntryKind.choices)
     data_hash = models.CharField(max_length=64)
     prev_hash = models.CharField(max_length=64)
-    entry_hash = models.CharField(max_length=64, unique=True)
+    entry_hash = models.CharField(max_length=64)
     created_at = models.DateTimeField()
 
     class Meta:
         ordering = ["seq"]
         verbose_name_plural = "ledger entries"
         indexes = [models.Index(fields=["record", "seq"], name="clinical_ledger_record")]
-        constraints = [models.CheckConstraint(condition=Q(seq__gte=1), name="clinical_ledger_seq_positive")]
+        constraints = [
+            models.CheckConstraint(condition=Q(seq__gte=1), name="clinical_ledger_seq_positive"),
+            # A constraint rather than unique=True, which adds a LIKE index no one searches hashes with.
+            models.UniqueConstraint(fields=["entry_hash"], name="clinical_ledger_entry_hash_unique"),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.kind} {self.entry_hash[:12]}"
