@@ -25,12 +25,12 @@ queries never depends on the number of patients.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from django.db import connection
-from django.db.models import Q, QuerySet
+from django.db.models import JSONField, Q, QuerySet
 from django.db.models.expressions import RawSQL
 
 from clinical.models import (
@@ -84,6 +84,12 @@ scope AS (
 """
 # Constant text only; every value is a bound parameter.
 SCOPE_SQL = SCOPE_CTE + "SELECT role_allows, doctor_id, institution_ids, granted_ids, care_team_ids FROM scope"  # noqa: S608
+# The same as one JSON value, for a page's row query (uncorrelated: PostgreSQL reads it once).
+SCOPE_VALUE_SQL = (
+    "("  # noqa: S608
+    + SCOPE_CTE
+    + "SELECT jsonb_build_array(role_allows, doctor_id, institution_ids, granted_ids, care_team_ids) FROM scope)"
+)
 
 # A keyset page of the patients a user may view, in one statement with the scope: each
 # route is read in key order from its own (route, created_at, id) index, at most a page
@@ -260,20 +266,39 @@ class VisiblePatients:
             only += f" AND p.{column} = %(filter_{index})s"
             params[f"filter_{index}"] = value
         sql = PAGE_SQL.format(beyond=beyond, only=only, dir="ASC" if ascending else "DESC")
-        # One statement: the page's ids as a subquery of the row query that ``load`` shapes.
-        names = _NAMED_PARAMETER.findall(sql)
-        page_ids = RawSQL(_NAMED_PARAMETER.sub("%s", sql), [params[name] for name in names])  # noqa: S611 - values bound
+        # One statement: the page's ids as a subquery of the row query that ``load`` shapes,
+        # and the reader's scope as a value on each row (for the access entry's flag).
+        page_ids = RawSQL(*_positional(sql, params))  # noqa: S611 - values bound
+        scope_value = RawSQL(*_positional(SCOPE_VALUE_SQL, params), output_field=JSONField())  # noqa: S611
         order = ("created_at", "id") if ascending else ("-created_at", "-id")
-        rows = list(self.load(Patient.objects.filter(pk__in=page_ids)).order_by(*order)[: size + 1])
+        found = self.load(Patient.objects.filter(pk__in=page_ids)).annotate(reader_scope=scope_value)
+        rows = list(found.order_by(*order)[: size + 1])
         more = len(rows) > size
         rows = rows[:size]
         if not forward:
             rows.reverse()
+        if rows:
+            role_allows, doctor_id, institution_ids, granted_ids, care_team_ids = rows[0].reader_scope
+            scope = Scope(
+                doctor_id=doctor_id if role_allows else None,
+                institution_ids=tuple(institution_ids) if role_allows else (),
+                own_user_id=self.user.pk,
+                granted_ids=tuple(granted_ids),
+                care_team_ids=tuple(care_team_ids),
+            )
+            urgent = break_glass_only(self.user, [row.pk for row in rows], scope)
+            for row in rows:
+                row.break_glass_only = row.pk in urgent
         return rows, more
 
 
 PAGE_FILTERS = {"validation_status"}
 _NAMED_PARAMETER = re.compile(r"%\((\w+)\)s")
+
+
+def _positional(sql: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
+    """``sql`` with its ``%(name)s`` parameters as ``%s`` and their values in order (RawSQL's form)."""
+    return _NAMED_PARAMETER.sub("%s", sql), [params[name] for name in _NAMED_PARAMETER.findall(sql)]
 
 
 def can_view_patient(user: Any, patient: Patient) -> bool:
@@ -289,11 +314,26 @@ def is_break_glass_access(user: Any, patient: Patient, scope: Scope | None = Non
 
     ``scope``: the user's view scope if the caller already read it this request.
     """
+    return patient.pk in break_glass_only(user, [patient.pk], scope)
+
+
+def break_glass_only(user: Any, patient_ids: Iterable[int], scope: Scope | None = None) -> set[int]:
+    """Of ``patient_ids``, those ``user`` sees only through an active break-the-glass grant.
+
+    No query when none of them is under such a grant (the usual case), else one;
+    plus one for the scope unless the caller passes it.
+    """
     scope = scope if scope is not None else scope_of(user, VIEW)
-    if scope.everything or patient.pk not in scope.granted_ids or patient.pk in scope.care_team_ids:
-        return False
+    if scope.everything:
+        return set()
+    candidates = set(patient_ids) & (set(scope.granted_ids) - set(scope.care_team_ids))
+    if not candidates:
+        return set()
     other_routes = scope.condition(break_glass=False)
-    return other_routes is None or not Patient.objects.filter(other_routes, pk=patient.pk).exists()
+    if other_routes is None:
+        return candidates
+    reached = Patient.objects.filter(other_routes, pk__in=candidates).values_list("pk", flat=True)
+    return candidates - set(reached)
 
 
 def can_add_record(user: Any, patient: Patient) -> bool:

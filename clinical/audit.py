@@ -77,18 +77,42 @@ def _access_entry(
     return entry
 
 
+def _list_flags(user: Any, patients: dict[int, str], purpose: str, urgent: set[int] | None = None) -> dict[str, Any]:
+    """The purpose and break-the-glass fields of a list page's entry; ``patients``: id -> uuid text.
+
+    A page flags break the glass when any patient on it is reached only
+    through a break-the-glass grant, and names those patients. ``urgent``:
+    those patients' ids, if the page already worked them out.
+    """
+    if urgent is None:
+        urgent = access.break_glass_only(user, patients)
+    return {
+        "purpose_of_use": EMERGENCY_TREATMENT if urgent else purpose,
+        "break_glass": bool(urgent),
+        "break_glass_patients": [uuid for pk, uuid in patients.items() if pk in urgent],
+    }
+
+
 def patient_list_access_record(
     *, user: Any, patients: Iterable[Patient], purpose: str, view: str, remote_addr: str | None = None
 ) -> LogEntry:
-    """One ACCESS entry for a list page, naming the patients it showed."""
-    shown = [str(p.uuid) for p in patients]
+    """One ACCESS entry for a list page, naming the patients it showed.
+
+    Rows of an API page (``access.VisiblePatients``) carry ``break_glass_only``;
+    for other lists it is worked out here.
+    """
+    rows = list(patients)
+    shown = {p.pk: str(p.uuid) for p in rows}
+    urgent = None
+    if all(hasattr(p, "break_glass_only") for p in rows):
+        urgent = {p.pk for p in rows if p.break_glass_only}
     return _access_entry(
         model=Patient,
         user=user,
         object_pk="",
         label=f"{view}: {len(shown)} patient(s)",
         remote_addr=remote_addr,
-        data={"purpose_of_use": purpose, "break_glass": False, "list": view, "patients": shown},
+        data={**_list_flags(user, shown, purpose, urgent), "list": view, "patients": list(shown.values())},
     )
 
 
@@ -152,6 +176,7 @@ def record_list_access_record(
 ) -> LogEntry:
     """One ACCESS entry for a page of records that may span patients (the admin's record list)."""
     rows = list(records)
+    patients = {record.patient_id: str(record.patient.uuid) for record in rows}
     return _access_entry(
         model=MedicalRecord,
         user=user,
@@ -159,11 +184,10 @@ def record_list_access_record(
         label=f"{view}: {len(rows)} record(s)",
         remote_addr=remote_addr,
         data={
-            "purpose_of_use": purpose,
-            "break_glass": False,
+            **_list_flags(user, patients, purpose),
             "view": view,
             "records": [str(record.uuid) for record in rows],
-            "patients": list(dict.fromkeys(str(record.patient.uuid) for record in rows)),
+            "patients": list(patients.values()),
         },
     )
 

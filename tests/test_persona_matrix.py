@@ -1744,8 +1744,12 @@ def test_the_purpose_of_use_header_is_recorded(world, persona, header, recorded)
     detail_entry, list_entry = access_entries().exclude(pk__in=before).order_by("pk")
     assert detail_entry.additional_data["purpose_of_use"] == recorded
     assert list_entry.additional_data["list"] == "api patient list"
-    if persona != "break_glass":  # (what a list reached through break-the-glass records: see the report)
-        assert list_entry.additional_data["purpose_of_use"] == recorded
+    # A page with a patient reached only by breaking the glass is flagged and names that patient.
+    assert list_entry.additional_data["purpose_of_use"] == recorded
+    assert list_entry.additional_data["break_glass"] is (persona == "break_glass")
+    assert list_entry.additional_data["break_glass_patients"] == (
+        [str(world.P.uuid)] if persona == "break_glass" else []
+    )
 
 
 @pytest.mark.parametrize(("persona", "purpose", "flagged"), [row for row in DETAIL_READERS if row[0] != "patient_p"])
@@ -1763,6 +1767,34 @@ def test_an_admin_change_page_and_history_page_each_write_one_access_entry(
         assert entry.actor_id == world.users[persona].pk
         assert entry.object_pk == str(world.P.pk)
         assert entry.additional_data == {"purpose_of_use": purpose, "break_glass": flagged}
+
+
+@pytest.mark.parametrize(
+    ("model", "persona", "flagged"),
+    [
+        (Patient, "break_glass", True),
+        (MedicalRecord, "break_glass", True),
+        (Patient, "primary_doctor", False),
+        (MedicalRecord, "primary_doctor", False),
+    ],
+)
+def test_an_admin_list_reached_by_breaking_the_glass_is_flagged(world, staff_client_factory, model, persona, flagged):
+    if model is MedicalRecord:
+        services.record_create(
+            patient=world.P,
+            record_type=fhir.VITAL_SIGNS_RECORD,
+            payload=fhir.build_vital_signs(
+                kind="8867-4", value=72, effective=timezone.now(), patient_reference=f"Patient/{world.P.uuid}"
+            ),
+        )
+    client = admin_client(world, persona, staff_client_factory)
+    before = set(access_entries().values_list("pk", flat=True))
+    assert client.get(admin_url(model, "changelist")).status_code == 200
+    entry = access_entries().exclude(pk__in=before).get()
+    assert str(world.P.uuid) in entry.additional_data["patients"]
+    assert entry.additional_data["break_glass"] is flagged
+    assert entry.additional_data["break_glass_patients"] == ([str(world.P.uuid)] if flagged else [])
+    assert entry.additional_data["purpose_of_use"] == ("ETREAT" if flagged else "TREAT")
 
 
 def test_the_admin_change_list_writes_one_entry_per_request(world, staff_client_factory):

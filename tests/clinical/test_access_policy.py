@@ -400,6 +400,30 @@ def test_break_glass_access_is_not_flagged_when_a_change_grant_later_reaches_the
     assert not access.is_break_glass_access(fresh(outsider_nurse), patient)
 
 
+def test_break_glass_only_names_just_the_patients_no_other_route_reaches(
+    outsider_nurse, superuser, patient, make_patient, other_doctor
+):
+    colleague_patient = make_patient(doctor=other_doctor)  # at the nurse's own institution
+    granted = make_patient()
+    grant(granted, outsider_nurse, "view", superuser)
+    services.break_glass_open(user=fresh(outsider_nurse), patient=patient, reason="Unconscious in the ER")
+    nurse = fresh(outsider_nurse)
+    shown = [patient.pk, colleague_patient.pk, granted.pk]
+    assert access.break_glass_only(nurse, shown) == {patient.pk}
+    assert access.break_glass_only(fresh(superuser), shown) == set()
+
+
+def test_break_glass_only_asks_nothing_when_no_patient_is_under_a_break_glass_grant(
+    outsider_nurse, superuser, make_patient, other_doctor
+):
+    colleague_patient = make_patient(doctor=other_doctor)
+    nurse = fresh(outsider_nurse)
+    scope = access.scope_of(nurse, access.VIEW)
+    with CaptureQueriesContext(connection) as captured:
+        assert access.break_glass_only(nurse, [colleague_patient.pk], scope) == set()
+    assert captured.captured_queries == []
+
+
 @pytest.mark.parametrize("route", ["membership", "care-team grant"])
 def test_break_glass_is_refused_to_someone_who_can_already_see_the_patient(
     route, outsider_nurse, superuser, institution, patient
