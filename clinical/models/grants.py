@@ -26,6 +26,9 @@ class GrantQuerySet(models.QuerySet["PatientUserObjectPermission"]):
 
 
 class PatientUserObjectPermission(UserObjectPermissionBase, PublicModel):
+    # PROTECT, not guardian's CASCADE: who could see a patient, and when, is history that
+    # deleting the user must not erase. Deactivate the user instead.
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT)
     content_object = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="grants")
     reason = models.CharField(max_length=500)
     granted_by = models.ForeignKey(

@@ -13,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser, Group, Permission
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection
+from django.db.models import ProtectedError
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -268,6 +269,14 @@ def test_a_revoked_grant_does_not_count_and_stays_as_history(outsider_nurse, sup
     assert kept.revoked_at is not None
     assert kept.revoked_by == superuser
     assert kept.reason == "Covers the night shift"
+
+
+def test_deleting_a_user_who_held_a_grant_is_refused_and_the_grant_stays(outsider_nurse, superuser, patient):
+    row = grant(patient, outsider_nurse, "view", superuser)
+    services.grant_revoke(grant=row, revoked_by=superuser)
+    with pytest.raises(ProtectedError):
+        fresh(outsider_nurse).delete()
+    assert PatientUserObjectPermission.objects.filter(pk=row.pk, user=outsider_nurse).exists()
 
 
 def test_revoking_a_grant_twice_keeps_the_first_revocation(outsider_nurse, superuser, patient, make_user):
