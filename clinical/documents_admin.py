@@ -21,6 +21,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.views.decorators.http import require_GET
 
 from clinical import access, services
 from clinical import models as m
@@ -249,7 +250,9 @@ class DocumentAdmin(PatientScopedAdmin):
     # The file ---------------------------------------------------------------------------------
     def get_urls(self) -> list[Any]:
         view = self.admin_site.admin_view
-        extra = [path("<int:pk>/download/", view(self.download_view), name="clinical_document_download")]
+        # GET only: a HEAD would decrypt the file and log a download that sent nothing.
+        download = view(require_GET(self.download_view))
+        extra = [path("<int:pk>/download/", download, name="clinical_document_download")]
         return extra + super().get_urls()
 
     def download_view(self, request: HttpRequest, pk: int) -> StreamingHttpResponse:

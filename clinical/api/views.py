@@ -469,7 +469,12 @@ class PatientDocumentListView(PatientDocumentsMixin, generics.GenericAPIView[Doc
 
 
 class PatientDocumentDownloadView(PatientDocumentsMixin, APIView):
-    """A document's file, decrypted; every download is recorded in the access log."""
+    """A document's file, decrypted; every download is recorded in the access log.
+
+    No HEAD: it would decrypt the file and log a download that sent nothing.
+    """
+
+    http_method_names = ["get", "options"]
 
     @extend_schema(parameters=[PURPOSE_PARAMETER], responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
     def get(self, request: Request, uuid: Any, document_uuid: Any) -> StreamingHttpResponse:
@@ -500,7 +505,7 @@ class MyDocumentListView(PatientDocumentsMixin, generics.GenericAPIView[Document
 
 
 class MyDocumentDownloadView(MyDocumentListView):
-    http_method_names = ["get", "head", "options"]
+    http_method_names = ["get", "options"]  # no HEAD, as for staff downloads
 
     @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
     def get(self, request: Request, document_uuid: Any) -> StreamingHttpResponse:  # type: ignore[override]
