@@ -8,6 +8,7 @@ error. A failure anywhere rolls the whole service back.
 from __future__ import annotations
 
 import datetime
+import itertools
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -736,8 +737,8 @@ def document_upload(
     on ``file``) before anything is written. The file is stored first, under a
     random key and sealed for the new row's UUID; when the INSERT then fails,
     the stored object is deleted, so nothing is left behind. (Called inside a
-    caller's transaction that later rolls back, the object stays: the API and
-    admin call this outside one.) ``storage`` defaults to the default storage.
+    caller's transaction that later rolls back, the object stays until
+    ``document_orphans_sweep`` removes it.) ``storage`` defaults to the default storage.
     """
     from django.core.files.storage import default_storage
 
@@ -773,6 +774,38 @@ def document_upload(
         raise
     document_extraction_queue(document=document)
     return document
+
+
+# A stored file younger than this may belong to an upload whose row is not yet committed.
+ORPHAN_GRACE = datetime.timedelta(hours=24)
+
+
+def document_orphans_sweep(
+    *, storage: Any = None, older_than: datetime.timedelta = ORPHAN_GRACE, batch: int = 500
+) -> int:
+    """Delete stored document files that no document names, once older than ``older_than``; return how many.
+
+    Such files are left by an upload inside a caller's transaction that rolled
+    back, a process killed between storing a file and recording it, or a
+    cleanup that failed (key rotation's old files). The scheduled task runs this daily.
+    """
+    from django.core.files.storage import default_storage
+
+    from clinical import files
+    from clinical.models import Document
+
+    storage = storage if storage is not None else default_storage
+    cutoff = timezone.now() - older_than
+    removed = 0
+    keys = files.stored_keys(storage)
+    while chunk := list(itertools.islice(keys, batch)):
+        named = set(Document.objects.filter(storage_key__in=chunk).values_list("storage_key", flat=True))
+        for key in chunk:
+            if key not in named and storage.get_modified_time(key) <= cutoff:
+                files.discard(storage, key)
+                removed += 1
+    logger.info("Document orphan sweep removed %d stored file(s)", removed)
+    return removed
 
 
 def document_extraction_queue(*, document: Any) -> None:

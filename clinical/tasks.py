@@ -36,3 +36,11 @@ def prescription_pdf_task(prescription_id: int) -> str:
     if prescription is None:  # rolled back or removed before the task ran
         return "missing"
     return str(prescription_pdf(prescription=prescription).uuid)
+
+
+@shared_task(name="clinical.document_orphans_sweep")
+def document_orphans_sweep_task() -> int:
+    """Delete stored files that no document names, a day after they were written; returns how many."""
+    from clinical.services import document_orphans_sweep
+
+    return document_orphans_sweep()

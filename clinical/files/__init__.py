@@ -11,7 +11,7 @@
 from clinical.files.inspection import FileRejected, Inspected, inspect
 from clinical.files.rotation import FileRotator
 from clinical.files.sealing import decrypt_stream, encrypt_stream, reseal, sealed_key_id
-from clinical.files.storage import PlaintextStream, StoredFile, discard, open_plaintext, store
+from clinical.files.storage import PlaintextStream, StoredFile, discard, open_plaintext, store, stored_keys
 
 __all__ = [
     "FileRejected",
@@ -27,4 +27,5 @@ __all__ = [
     "reseal",
     "sealed_key_id",
     "store",
+    "stored_keys",
 ]

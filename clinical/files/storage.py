@@ -13,7 +13,8 @@ first download the whole object into memory (``max_memory_size`` is 0 unless
 configured).
 
 The caller keeps the key: when the database write that records it fails,
-call ``discard(storage, key)``.
+call ``discard(storage, key)``. ``stored_keys`` lists every key of that form,
+for the sweep that removes files no document names (``services.document_orphans_sweep``).
 """
 
 from __future__ import annotations
@@ -161,6 +162,23 @@ def save_new(storage: Storage, sealed: IO[bytes]) -> str:
         discard(storage, key)
         raise
     return str(saved)
+
+
+_STORED_KEY = re.compile(rf"^{KEY_PREFIX}/[0-9a-f]{{2}}/[0-9a-f]{{32}}\.ctf$")
+
+
+def stored_keys(storage: Storage) -> Iterator[str]:
+    """Every key in ``storage`` of the form ``store`` gives; anything else there is not ours and is skipped."""
+    try:
+        directories, _ = storage.listdir(KEY_PREFIX)
+    except FileNotFoundError:  # the file system before the first upload
+        return
+    for directory in sorted(directories):
+        _, names = storage.listdir(f"{KEY_PREFIX}/{directory}")
+        for name in sorted(names):
+            key = f"{KEY_PREFIX}/{directory}/{name}"
+            if _STORED_KEY.match(key):
+                yield key
 
 
 def discard(storage: Storage, key: str) -> None:

@@ -229,6 +229,7 @@ SILENCED_SYSTEM_CHECKS = [
 CELERY_BEAT_SCHEDULE = {
     "purge-stale-api-tokens": {"task": "accounts.api_tokens_purge", "schedule": 6 * 60 * 60},
     "publish-ledger-head": {"task": "clinical.ledger_head_publish", "schedule": 60 * 60},
+    "sweep-orphan-document-files": {"task": "clinical.document_orphans_sweep", "schedule": 24 * 60 * 60},
 }
 # Medical records' integrity ledger: where the chain head is published each hour.
 # A dotted path to a callable (seq, entry_hash) -> (published_to, receipt); the

@@ -1031,3 +1031,57 @@ def test_documents_and_prescription_pdfs_go_through_an_s3_bucket_end_to_end(
         assert b"%PDF" not in s3.read_raw(pdf_key)
         pdf_download = client.get(reverse("v1:document-download", args=[patient.uuid, prescription.printable.uuid]))
         assert b"".join(pdf_download.streaming_content).startswith(b"%PDF-1.4")
+
+
+# Sweeping files no document names -------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_sweep_removes_a_file_a_rolled_back_upload_left_and_keeps_every_other(backend, patient):
+    import datetime
+
+    from django.db import transaction
+
+    from clinical import services
+    from clinical.models import Document, DocumentKind
+
+    def upload(text: bytes) -> Document:
+        document: Document = services.document_upload(
+            patient=patient,
+            upload=SimpleUploadedFile("note.txt", text, content_type="text/plain"),
+            kind=DocumentKind.OTHER,
+            uploaded_by=None,
+            storage=backend.storage,
+        )
+        return document
+
+    kept = upload(b"Kept.\n")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        upload(b"Rolled back.\n")
+        raise RuntimeError("the caller's transaction fails after the upload")
+    backend.write_raw("documents/notes.txt", b"not a document key: not ours to delete")
+    assert Document.objects.count() == 1
+    assert len(backend.list_keys()) == 3  # the rolled-back upload's file is still there
+
+    # Within the grace period the file may belong to an upload still committing: it stays.
+    assert services.document_orphans_sweep(storage=backend.storage) == 0
+    assert len(backend.list_keys()) == 3
+
+    assert services.document_orphans_sweep(storage=backend.storage, older_than=datetime.timedelta(0)) == 1
+    assert backend.list_keys() == {kept.storage_key, "documents/notes.txt"}
+    assert plaintext_of(backend, kept.storage_key, kept.uuid) == b"Kept.\n"
+
+
+def test_the_sweep_of_an_empty_storage_removes_nothing(backend, db):
+    import datetime
+
+    from clinical import services
+
+    assert services.document_orphans_sweep(storage=backend.storage, older_than=datetime.timedelta(0)) == 0
+
+
+def test_the_sweep_is_scheduled_daily():
+    from django.conf import settings
+
+    [entry] = [e for e in settings.CELERY_BEAT_SCHEDULE.values() if e["task"] == "clinical.document_orphans_sweep"]
+    assert entry["schedule"] == 24 * 60 * 60
