@@ -272,7 +272,7 @@ class VisiblePatients:
         scope_value = RawSQL(*_positional(SCOPE_VALUE_SQL, params), output_field=JSONField())  # noqa: S611
         order = ("created_at", "id") if ascending else ("-created_at", "-id")
         found = self.load(Patient.objects.filter(pk__in=page_ids)).annotate(reader_scope=scope_value)
-        rows = list(found.order_by(*order)[: size + 1])
+        rows: list[Any] = list(found.order_by(*order)[: size + 1])
         more = len(rows) > size
         rows = rows[:size]
         if not forward:

@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 
 from clinical import access
 from clinical import models as m
-from clinical.audit import patient_access_record, purpose_for, record_access_record
+from clinical.audit import patient_access_record, patient_list_access_record, purpose_for, record_access_record
 
 
 class CaretrailAdmin(AuditlogHistoryAdminMixin, admin.ModelAdmin):
@@ -57,6 +57,25 @@ class PatientScopedAdmin(CaretrailAdmin):
 
     def _patient_of(self, obj: Any) -> m.Patient | None:
         return getattr(obj, self.patient_field, None)
+
+    # Read auditing: every list page writes one access entry naming the patients whose rows it showed.
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:
+            self.audit_list(request, list(changelist.result_list))
+        return response
+
+    def audit_list(self, request: HttpRequest, rows: list[Any]) -> None:
+        """Write the list page's access entry; ``rows``: the page's objects."""
+        patients = (self._patient_of(row) for row in rows)
+        patient_list_access_record(
+            user=request.user,
+            patients=list(dict.fromkeys(patient for patient in patients if patient is not None)),
+            purpose=purpose_for(request.user),
+            view=f"admin {self.opts.verbose_name} list",
+            remote_addr=request.META.get("REMOTE_ADDR"),
+        )
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         patient = self._patient_of(obj) if obj is not None else None

@@ -86,11 +86,14 @@ def _list_flags(user: Any, patients: dict[int, str], purpose: str, urgent: set[i
     """
     if urgent is None:
         urgent = access.break_glass_only(user, patients)
-    return {
+    flags = {
         "purpose_of_use": EMERGENCY_TREATMENT if urgent else purpose,
         "break_glass": bool(urgent),
         "break_glass_patients": [uuid for pk, uuid in patients.items() if pk in urgent],
     }
+    if urgent:  # the rest of the page was read for the purpose the reader declared
+        flags["declared_purpose"] = purpose
+    return flags
 
 
 def patient_list_access_record(
@@ -101,7 +104,7 @@ def patient_list_access_record(
     Rows of an API page (``access.VisiblePatients``) carry ``break_glass_only``;
     for other lists it is worked out here.
     """
-    rows = list(patients)
+    rows: list[Any] = list(patients)
     shown = {p.pk: str(p.uuid) for p in rows}
     urgent = None
     if all(hasattr(p, "break_glass_only") for p in rows):

@@ -395,11 +395,7 @@ class AppointmentAdmin(PatientScopedAdmin):
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
         extra = {**(extra_context or {}), "day_url": reverse("admin:clinical_appointment_day")}
-        response = super().changelist_view(request, extra)
-        changelist = getattr(response, "context_data", {}).get("cl")
-        if changelist is not None:
-            _audit_list(request, (a.patient for a in changelist.result_list), "admin appointment list")
-        return response
+        return super().changelist_view(request, extra)  # PatientScopedAdmin writes the access entry
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
@@ -790,13 +786,6 @@ class PrescriptionAdmin(PatientScopedAdmin):
             CARE_FORM_TEMPLATE,
             {**self.admin_site.each_context(request), "title": title, "opts": self.model._meta, **context},
         )
-
-    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
-        response = super().changelist_view(request, extra_context)
-        changelist = getattr(response, "context_data", {}).get("cl")
-        if changelist is not None:
-            _audit_list(request, (p.patient for p in changelist.result_list), "admin prescription list")
-        return response
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None

@@ -337,18 +337,14 @@ class MedicalRecordAdmin(PatientScopedAdmin):
         )
 
     # Read auditing -------------------------------------------------------------------------------
-    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
-        response = super().changelist_view(request, extra_context)
-        changelist = getattr(response, "context_data", {}).get("cl")
-        if changelist is not None:
-            record_list_access_record(
-                user=request.user,
-                records=changelist.result_list,
-                purpose=purpose_for(request.user),
-                view="admin record list",
-                remote_addr=request.META.get("REMOTE_ADDR"),
-            )
-        return response
+    def audit_list(self, request: HttpRequest, rows: list[Any]) -> None:
+        record_list_access_record(
+            user=request.user,
+            records=rows,
+            purpose=purpose_for(request.user),
+            view="admin record list",
+            remote_addr=request.META.get("REMOTE_ADDR"),
+        )
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None

@@ -778,6 +778,15 @@ def document_upload(
 
 # A stored file younger than this may belong to an upload whose row is not yet committed.
 ORPHAN_GRACE = datetime.timedelta(hours=24)
+# More orphans than this (and more than ORPHAN_MAX_SHARE of all files) means the database is not
+# the one the storage belongs to (a staging copy pointed at production's bucket, a restore to an
+# earlier time): the sweep then deletes nothing.
+ORPHAN_ALWAYS_ALLOWED = 20
+ORPHAN_MAX_SHARE = 0.05
+
+
+class OrphanSweepRefused(RuntimeError):
+    """Too many stored files have no document: the sweep deleted nothing."""
 
 
 def document_orphans_sweep(
@@ -787,7 +796,9 @@ def document_orphans_sweep(
 
     Such files are left by an upload inside a caller's transaction that rolled
     back, a process killed between storing a file and recording it, or a
-    cleanup that failed (key rotation's old files). The scheduled task runs this daily.
+    cleanup that failed (key rotation's old files). The scheduled task runs this
+    daily. Raises ``OrphanSweepRefused``, deleting nothing, when orphans are more
+    than ``ORPHAN_ALWAYS_ALLOWED`` and more than ``ORPHAN_MAX_SHARE`` of the files.
     """
     from django.core.files.storage import default_storage
 
@@ -796,15 +807,17 @@ def document_orphans_sweep(
 
     storage = storage if storage is not None else default_storage
     cutoff = timezone.now() - older_than
-    removed = 0
+    total, orphans = 0, []
     keys = files.stored_keys(storage)
     while chunk := list(itertools.islice(keys, batch)):
+        total += len(chunk)
         named = set(Document.objects.filter(storage_key__in=chunk).values_list("storage_key", flat=True))
-        for key in chunk:
-            if key not in named and storage.get_modified_time(key) <= cutoff:
-                files.discard(storage, key)
-                removed += 1
-    logger.info("Document orphan sweep removed %d stored file(s)", removed)
+        orphans += [key for key in chunk if key not in named and storage.get_modified_time(key) <= cutoff]
+    if len(orphans) > max(ORPHAN_ALWAYS_ALLOWED, ORPHAN_MAX_SHARE * total):
+        logger.error("Document orphan sweep refused: %d of %d stored files have no document", len(orphans), total)
+        raise OrphanSweepRefused(f"{len(orphans)} of {total} stored files have no document; nothing was deleted")
+    removed = sum(1 for key in orphans if files.discard(storage, key))
+    logger.info("Document orphan sweep removed %d of %d orphaned stored file(s)", removed, len(orphans))
     return removed
 
 

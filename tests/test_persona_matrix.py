@@ -1795,6 +1795,7 @@ def test_an_admin_list_reached_by_breaking_the_glass_is_flagged(world, staff_cli
     assert entry.additional_data["break_glass"] is flagged
     assert entry.additional_data["break_glass_patients"] == ([str(world.P.uuid)] if flagged else [])
     assert entry.additional_data["purpose_of_use"] == ("ETREAT" if flagged else "TREAT")
+    assert entry.additional_data.get("declared_purpose") == ("TREAT" if flagged else None)
 
 
 def test_the_admin_change_list_writes_one_entry_per_request(world, staff_client_factory):

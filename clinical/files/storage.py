@@ -181,12 +181,17 @@ def stored_keys(storage: Storage) -> Iterator[str]:
                 yield key
 
 
-def discard(storage: Storage, key: str) -> None:
-    """Delete ``key`` if it exists; log (the key only) instead of raising, since this runs while cleaning up."""
+def discard(storage: Storage, key: str) -> bool:
+    """Delete ``key`` if it exists; log (the key only) instead of raising, since this runs while cleaning up.
+
+    Returns whether the delete went through (a missing key counts as deleted).
+    """
     try:
         storage.delete(key)
     except Exception:  # noqa: BLE001 - cleanup must not hide the error that caused it
         logger.warning("Could not delete stored file %s", key, exc_info=True)
+        return False
+    return True
 
 
 def clean_original_name(name: str) -> str:

@@ -271,12 +271,14 @@ def test_a_revoked_grant_does_not_count_and_stays_as_history(outsider_nurse, sup
     assert kept.reason == "Covers the night shift"
 
 
-def test_deleting_a_user_who_held_a_grant_is_refused_and_the_grant_stays(outsider_nurse, superuser, patient):
-    row = grant(patient, outsider_nurse, "view", superuser)
+def test_deleting_a_user_who_held_a_grant_is_refused_and_the_grant_stays(make_user, superuser, patient):
+    holder = make_user(email="locum@example.org")  # no membership or anything else that protects the user
+    row = grant(patient, holder, "view", superuser)
     services.grant_revoke(grant=row, revoked_by=superuser)
-    with pytest.raises(ProtectedError):
-        fresh(outsider_nurse).delete()
-    assert PatientUserObjectPermission.objects.filter(pk=row.pk, user=outsider_nurse).exists()
+    with pytest.raises(ProtectedError) as refused:
+        fresh(holder).delete()
+    assert row in refused.value.protected_objects
+    assert PatientUserObjectPermission.objects.filter(pk=row.pk, user=holder).exists()
 
 
 def test_revoking_a_grant_twice_keeps_the_first_revocation(outsider_nurse, superuser, patient, make_user):

@@ -405,13 +405,16 @@ def test_a_refused_download_writes_no_access_entry(patient, make_staff, make_ins
     assert accesses().count() == before
 
 
-def test_a_head_request_on_a_download_is_refused_and_logs_nothing(api, patient, superuser):
+def test_a_head_request_on_a_download_is_refused_and_logs_nothing(api, patient, portal_patient, superuser):
     document = stored(patient)
+    own = stored(portal_patient)
     admin_url = reverse("admin:clinical_document_download", args=[document.pk])
     before = accesses().count()
 
     assert api.head(download_url(document)).status_code == 405
     assert login_with_mfa(Client(), superuser).head(admin_url).status_code == 405
+    portal = token_client(portal_patient.user)
+    assert portal.head(reverse("v1:my-document-download", args=[own.uuid])).status_code == 405
     assert accesses().count() == before
 
 

@@ -1072,6 +1072,21 @@ def test_the_sweep_removes_a_file_a_rolled_back_upload_left_and_keeps_every_othe
     assert plaintext_of(backend, kept.storage_key, kept.uuid) == b"Kept.\n"
 
 
+def test_the_sweep_deletes_nothing_when_most_files_have_no_document(backend, db):
+    """As when a staging database is pointed at production's bucket: every file looks orphaned."""
+    import datetime
+
+    from clinical import services
+
+    keys = {f"documents/{n:02x}/{uuid.uuid4().hex}.ctf" for n in range(services.ORPHAN_ALWAYS_ALLOWED + 1)}
+    for key in keys:
+        backend.write_raw(key, b"CTF1 sealed bytes of some other database's document")
+
+    with pytest.raises(services.OrphanSweepRefused):
+        services.document_orphans_sweep(storage=backend.storage, older_than=datetime.timedelta(0))
+    assert backend.list_keys() == keys
+
+
 def test_the_sweep_of_an_empty_storage_removes_nothing(backend, db):
     import datetime
 
