@@ -1798,6 +1798,36 @@ def test_an_admin_list_reached_by_breaking_the_glass_is_flagged(world, staff_cli
     assert entry.additional_data.get("declared_purpose") == ("TREAT" if flagged else None)
 
 
+@pytest.mark.parametrize(
+    "model_name",
+    [
+        "HealthProfile",
+        "PatientCondition",
+        "PatientMedication",
+        "PatientAllergy",
+        "Document",
+        "Email",
+        "Phone",
+        "Address",
+    ],
+)
+def test_every_patient_scoped_admin_list_writes_one_access_entry(world, staff_client_factory, model_name):
+    from django.apps import apps
+
+    model = apps.get_model("clinical", model_name)
+    client = admin_client(world, "primary_doctor", staff_client_factory)
+    before = set(access_entries().values_list("pk", flat=True))
+    assert client.get(admin_url(model, "changelist")).status_code == 200
+    entry = access_entries().exclude(pk__in=before).get()
+    assert entry.actor_id == world.users["primary_doctor"].pk
+    assert entry.additional_data["list"] == f"admin {model._meta.verbose_name} list"
+    assert entry.additional_data["break_glass"] is False
+    shown = {str(row.patient.uuid) for row in model.objects.filter(patient__isnull=False).select_related("patient")}
+    assert set(entry.additional_data["patients"]) <= shown
+    if model_name == "HealthProfile":  # every patient has one: the doctor's own patients are on the page
+        assert str(world.P.uuid) in entry.additional_data["patients"]
+
+
 def test_the_admin_change_list_writes_one_entry_per_request(world, staff_client_factory):
     client = admin_client(world, "primary_doctor", staff_client_factory)
     before = access_entries().count()
