@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
 from django_otp import DEVICE_ID_SESSION_KEY
@@ -35,6 +36,7 @@ from clinical.models import (
     Sex,
     Specialty,
 )
+from tests.db import drop_stale_test_databases
 
 PASSWORD = "correct-horse-battery-staple"
 _serial = itertools.count(1)
@@ -44,6 +46,7 @@ _serial = itertools.count(1)
 def django_db_setup(django_db_setup: Any, django_db_blocker: Any) -> None:
     with django_db_blocker.unblock():
         load_reference_data()
+        drop_stale_test_databases(connection)
 
 
 @pytest.fixture
