@@ -572,13 +572,16 @@ class AppointmentAdmin(PatientScopedAdmin):
 
     # The day view ------------------------------------------------------------------------------
     def day_view(self, request: HttpRequest) -> Any:
-        """One doctor's appointments on one day of their institution's clock, of patients the user may see."""
+        """One doctor's appointments on one day, each on its institution's clock, of patients the user may see.
+
+        ``zone`` (the doctor's home institution's) only picks today when no date is given.
+        """
         if not self.has_view_permission(request):
             raise PermissionDenied
         doctor = self._day_doctor(request)
         zone = zoneinfo.ZoneInfo(doctor.institution.time_zone) if doctor is not None else datetime.UTC
         day = self._day(request, zone)
-        rows = list(doctor_day(user=request.user, doctor=doctor, day=day, zone=zone)) if doctor is not None else []
+        rows = doctor_day(user=request.user, doctor=doctor, day=day) if doctor is not None else []
         if rows:
             _audit_list(request, (a.patient for a in rows), "admin doctor's day")
         picker = list(selectors.doctors_seen_by(user=request.user))

@@ -185,20 +185,30 @@ def appointment_list(*, patient: Patient) -> QuerySet[Any]:
     )
 
 
-def doctor_day(*, user: Any, doctor: Doctor, day: datetime.date, zone: datetime.tzinfo) -> QuerySet[Any]:
-    """``doctor``'s appointments that start on ``day`` in time zone ``zone``, of patients ``user`` may see."""
+# Every civil time zone lies within UTC-12 and UTC+14.
+_EARLIEST_OFFSET = datetime.timedelta(hours=14)
+_LATEST_OFFSET = datetime.timedelta(hours=12)
+
+
+def doctor_day(*, user: Any, doctor: Doctor, day: datetime.date) -> list[Any]:
+    """``doctor``'s appointments that start on ``day``, each on the clock of the institution it is at,
+    of patients ``user`` may see, in start order.
+
+    A doctor working in two time zones sees an appointment on the day it has where it happens.
+    """
     from clinical.models import Appointment
 
-    start = datetime.datetime.combine(day, datetime.time.min, tzinfo=zone)
-    end = datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time.min, tzinfo=zone)
+    midnight = datetime.datetime.combine(day, datetime.time.min, tzinfo=datetime.UTC)
+    start, end = midnight - _EARLIEST_OFFSET, midnight + datetime.timedelta(days=1) + _LATEST_OFFSET
     appointments = Appointment.objects.filter(doctor=doctor, starts_at__gte=start, starts_at__lt=end)
     if not getattr(user, "is_superuser", False):
         appointments = appointments.filter(patient__in=patients_visible_to(user))
-    return (
+    candidates = (
         appointments.select_related("patient", "institution")
         .annotate(prescription_uuid=F("prescription__uuid"))
         .order_by("starts_at", "id")
     )
+    return [a for a in candidates if a.starts_at.astimezone(a.time_zone).date() == day]
 
 
 def prescription_list(*, patient: Patient) -> QuerySet[Any]:

@@ -441,6 +441,34 @@ def test_the_day_view_lists_the_doctors_day_on_the_institutions_clock(clinic, ma
     assert clinic.doctor in granted.context["doctors"]  # the doctor of a patient granted to them
 
 
+def test_the_day_view_shows_each_appointment_on_the_day_it_has_where_it_happens(clinic, make_institution) -> None:
+    from clinical import services
+
+    tokyo = make_institution(time_zone="Asia/Tokyo")
+    services.membership_start(user=clinic.doctor.user, institution=tokyo, role="doctor")
+    # 08:00 on the 16th in Tokyo is 18:00 on the 15th in New York, the doctor's home clock.
+    starts_at = datetime.datetime(2030, 1, 16, 8, 0, tzinfo=zoneinfo.ZoneInfo("Asia/Tokyo"))
+    away = appointments.appointment_book(
+        patient=clinic.patient,
+        doctor=clinic.doctor,
+        institution=tokyo,
+        starts_at=starts_at,
+        ends_at=starts_at + datetime.timedelta(minutes=30),
+        reason="Visiting clinic",
+        booked_by=clinic.doctor.user,
+    )
+    at_home = book(clinic, datetime.datetime(2030, 1, 15, 17, 0))
+    client = clinic.client_of(clinic.doctor.user)
+    url = admin("appointment_day")
+
+    fifteenth = client.get(url, {"date": "2030-01-15"})
+    sixteenth = client.get(url, {"date": "2030-01-16"})
+
+    assert [a.pk for a in fifteenth.context["appointments"]] == [at_home.pk]
+    assert [a.pk for a in sixteenth.context["appointments"]] == [away.pk]
+    assert [row["starts"] for row in sixteenth.context["rows"]] == ["08:00"]
+
+
 def test_the_day_view_answers_bad_input_without_a_500(clinic) -> None:
     client = clinic.client_of(clinic.nurse)
     url = admin("appointment_day")
