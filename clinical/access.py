@@ -25,7 +25,7 @@ queries never depends on the number of patients.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -185,7 +185,12 @@ def scope_of(user: Any, kind: str) -> Scope:
         return Scope(everything=True)
     with connection.cursor() as cursor:
         cursor.execute(SCOPE_SQL, _scope_params(user, kind))
-        role_allows, doctor_id, institution_ids, granted_ids, care_team_ids = cursor.fetchone()
+        return _scope_from_row(user, kind, cursor.fetchone())
+
+
+def _scope_from_row(user: Any, kind: str, row: Sequence[Any]) -> Scope:
+    """A Scope from the scope query's columns (``SCOPE_SQL``, or ``SCOPE_VALUE_SQL``'s array)."""
+    role_allows, doctor_id, institution_ids, granted_ids, care_team_ids = row
     return Scope(
         doctor_id=doctor_id if role_allows else None,
         institution_ids=tuple(institution_ids) if role_allows else (),
@@ -224,7 +229,8 @@ class VisiblePatients:
     """The patients a user may view, for keyset pages (``config.pagination``), in one statement a page.
 
     ``load`` shapes the rows read (columns, joins); ``filter`` narrows by
-    plain column values, applied inside every route.
+    plain column values, applied inside every route. Each row comes back with
+    ``break_glass_only``: whether only a break-the-glass grant shows it to the user.
     """
 
     user: Any
@@ -251,9 +257,12 @@ class VisiblePatients:
             return [], False
         if self.user.is_superuser:
             everyone = Patient.objects.filter(**dict(self.filters))
-            return keyset_page(
+            page, more = keyset_page(
                 Parts((everyone,), self.load), fields=fields, size=size, cursor=cursor, descending=descending
             )
+            for patient in page:
+                patient.break_glass_only = False  # a superuser needs no grant
+            return page, more
         forward = cursor is None or cursor.forward
         ascending = forward != descending
         params = {**_scope_params(self.user, VIEW), "own_user": self.user.pk, "limit": size + 1}
@@ -278,14 +287,7 @@ class VisiblePatients:
         if not forward:
             rows.reverse()
         if rows:
-            role_allows, doctor_id, institution_ids, granted_ids, care_team_ids = rows[0].reader_scope
-            scope = Scope(
-                doctor_id=doctor_id if role_allows else None,
-                institution_ids=tuple(institution_ids) if role_allows else (),
-                own_user_id=self.user.pk,
-                granted_ids=tuple(granted_ids),
-                care_team_ids=tuple(care_team_ids),
-            )
+            scope = _scope_from_row(self.user, VIEW, rows[0].reader_scope)
             urgent = break_glass_only(self.user, [row.pk for row in rows], scope)
             for row in rows:
                 row.break_glass_only = row.pk in urgent

@@ -66,14 +66,14 @@ class PatientScopedAdmin(CaretrailAdmin):
             self.audit_list(request, list(changelist.result_list))
         return response
 
-    def audit_list(self, request: HttpRequest, rows: list[Any]) -> None:
-        """Write the list page's access entry; ``rows``: the page's objects."""
+    def audit_list(self, request: HttpRequest, rows: list[Any], view: str | None = None) -> None:
+        """Write the access entry of a page listing ``rows``; ``view`` defaults to "admin <model> list"."""
         patients = (self._patient_of(row) for row in rows)
         patient_list_access_record(
             user=request.user,
             patients=list(dict.fromkeys(patient for patient in patients if patient is not None)),
             purpose=purpose_for(request.user),
-            view=f"admin {self.opts.verbose_name} list",
+            view=view or f"admin {self.opts.verbose_name} list",
             remote_addr=request.META.get("REMOTE_ADDR"),
         )
 

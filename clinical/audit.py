@@ -97,18 +97,20 @@ def _list_flags(user: Any, patients: dict[int, str], purpose: str, urgent: set[i
 
 
 def patient_list_access_record(
-    *, user: Any, patients: Iterable[Patient], purpose: str, view: str, remote_addr: str | None = None
+    *,
+    user: Any,
+    patients: Iterable[Patient],
+    purpose: str,
+    view: str,
+    remote_addr: str | None = None,
+    urgent: set[int] | None = None,
 ) -> LogEntry:
     """One ACCESS entry for a list page, naming the patients it showed.
 
-    Rows of an API page (``access.VisiblePatients``) carry ``break_glass_only``;
-    for other lists it is worked out here.
+    ``urgent``: the ids of those seen only through break-the-glass, if the page
+    already worked them out (``access.VisiblePatients`` does); else worked out here.
     """
-    rows: list[Any] = list(patients)
-    shown = {p.pk: str(p.uuid) for p in rows}
-    urgent = None
-    if all(hasattr(p, "break_glass_only") for p in rows):
-        urgent = {p.pk for p in rows if p.break_glass_only}
+    shown = {p.pk: str(p.uuid) for p in patients}
     return _access_entry(
         model=Patient,
         user=user,

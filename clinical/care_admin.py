@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime
 import zoneinfo
-from collections.abc import Iterable
 from typing import Any
 
 from django import forms
@@ -35,7 +34,7 @@ from django.utils.http import urlencode
 from clinical import access, appointments, prescriptions, selectors
 from clinical import models as m
 from clinical.admin_base import PatientScopedAdmin, service_errors_on
-from clinical.audit import care_access_record, patient_list_access_record, purpose_for
+from clinical.audit import care_access_record, purpose_for
 from clinical.selectors import doctor_day
 
 CARE_FORM_TEMPLATE = "admin/clinical/care_form.html"
@@ -84,17 +83,6 @@ def _audit(request: HttpRequest, patient: m.Patient, objects: list[Any], model: 
         objects=objects,
         model=model,
         purpose=purpose_for(request.user, request.GET.get("purpose")),
-        view=view,
-        remote_addr=request.META.get("REMOTE_ADDR"),
-    )
-
-
-def _audit_list(request: HttpRequest, patients: Iterable[m.Patient], view: str) -> None:
-    """One entry for a page that lists appointments or prescriptions, naming the patients shown."""
-    patient_list_access_record(
-        user=request.user,
-        patients=list(dict.fromkeys(patients)),
-        purpose=purpose_for(request.user),
         view=view,
         remote_addr=request.META.get("REMOTE_ADDR"),
     )
@@ -583,7 +571,7 @@ class AppointmentAdmin(PatientScopedAdmin):
         day = self._day(request, zone)
         rows = doctor_day(user=request.user, doctor=doctor, day=day) if doctor is not None else []
         if rows:
-            _audit_list(request, (a.patient for a in rows), "admin doctor's day")
+            self.audit_list(request, rows, view="admin doctor's day")
         picker = list(selectors.doctors_seen_by(user=request.user))
         if doctor is not None and doctor not in picker:
             picker.insert(0, doctor)

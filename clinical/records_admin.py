@@ -337,12 +337,12 @@ class MedicalRecordAdmin(PatientScopedAdmin):
         )
 
     # Read auditing -------------------------------------------------------------------------------
-    def audit_list(self, request: HttpRequest, rows: list[Any]) -> None:
+    def audit_list(self, request: HttpRequest, rows: list[Any], view: str | None = None) -> None:
         record_list_access_record(
             user=request.user,
             records=rows,
             purpose=purpose_for(request.user),
-            view="admin record list",
+            view=view or "admin record list",
             remote_addr=request.META.get("REMOTE_ADDR"),
         )
 

@@ -104,6 +104,7 @@ class PatientListView(generics.ListAPIView[Patient]):
             purpose=_purpose(request),
             view="api patient list",
             remote_addr=_client_address(request),
+            urgent={patient.pk for patient in page if patient.break_glass_only},  # VisiblePatients marks them
         )
         return response
 

@@ -145,6 +145,10 @@ class PlaintextStream(Iterator[bytes]):
         self.close()
 
 
+# What new_storage_key gives (and the document table's check constraint accepts).
+STORED_KEY_REGEX = rf"^{KEY_PREFIX}/[0-9a-f]{{2}}/[0-9a-f]{{32}}\.ctf$"
+
+
 def new_storage_key() -> str:
     """``documents/<2 hex>/<32 hex>.ctf`` from a random UUID; the two-character folder spreads the files."""
     name = uuid.uuid4().hex
@@ -164,9 +168,6 @@ def save_new(storage: Storage, sealed: IO[bytes]) -> str:
     return str(saved)
 
 
-_STORED_KEY = re.compile(rf"^{KEY_PREFIX}/[0-9a-f]{{2}}/[0-9a-f]{{32}}\.ctf$")
-
-
 def stored_keys(storage: Storage) -> Iterator[str]:
     """Every key in ``storage`` of the form ``store`` gives; anything else there is not ours and is skipped."""
     try:
@@ -177,7 +178,7 @@ def stored_keys(storage: Storage) -> Iterator[str]:
         _, names = storage.listdir(f"{KEY_PREFIX}/{directory}")
         for name in sorted(names):
             key = f"{KEY_PREFIX}/{directory}/{name}"
-            if _STORED_KEY.match(key):
+            if re.match(STORED_KEY_REGEX, key):
                 yield key
 
 

@@ -21,6 +21,7 @@ from django.db.models import Q
 from accounts.fields import EncryptedManager, EncryptedTextField
 from accounts.models import TimestampedModel
 from clinical.files.inspection import EXTENSIONS
+from clinical.files.storage import STORED_KEY_REGEX
 from clinical.models.care import Appointment
 from clinical.models.directory import Patient
 from clinical.models.records import MedicalRecord
@@ -77,7 +78,7 @@ class Document(TimestampedModel):
                 condition=Q(content_type__in=DOCUMENT_CONTENT_TYPES), name="clinical_document_content_type_allowed"
             ),
             models.CheckConstraint(
-                condition=Q(storage_key__regex=r"^documents/[0-9a-f]{2}/[0-9a-f]{32}\.ctf$"),
+                condition=Q(storage_key__regex=STORED_KEY_REGEX),
                 name="clinical_document_storage_key_format",
             ),
             models.CheckConstraint(condition=Q(kind__in=DocumentKind.values), name="clinical_document_kind_valid"),

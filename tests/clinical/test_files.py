@@ -954,15 +954,13 @@ def test_documents_and_prescription_pdfs_go_through_an_s3_bucket_end_to_end(
 ):
     """With the default storage on S3, the API's upload and download and the PDF task use the bucket;
     the bucket holds only sealed objects."""
-    import datetime
-
     from django.test import Client
     from django.urls import reverse
-    from django.utils import timezone
 
     from accounts.services import api_token_create
     from clinical import prescriptions
-    from clinical.models import Appointment, Document, Medication
+    from clinical.models import AppointmentStatus, Document
+    from tests.clinical.care import medication, visit
 
     s3 = s3_backend(s3_endpoint)
     options = {
@@ -999,24 +997,13 @@ def test_documents_and_prescription_pdfs_go_through_an_s3_bucket_end_to_end(
         assert downloaded.status_code == 200
         assert b"".join(downloaded.streaming_content) == report
 
-        start = timezone.now() - datetime.timedelta(hours=1)
-        (visit,) = Appointment.objects.bulk_create(
-            [
-                Appointment(
-                    patient=patient,
-                    doctor=doctor,
-                    institution=doctor.institution,
-                    starts_at=start,
-                    ends_at=start + datetime.timedelta(minutes=30),
-                )
-            ]
-        )
+        appointment = visit(patient, doctor, status=AppointmentStatus.SCHEDULED, hours_ago=1)
         with django_capture_on_commit_callbacks(execute=True):
             prescription = prescriptions.prescription_issue(
-                appointment=visit,
+                appointment=appointment,
                 items=[
                     {
-                        "medication": Medication.objects.order_by("id").first(),
+                        "medication": medication(),
                         "dose": "1 tablet",
                         "frequency": "once_daily",
                         "duration_days": 10,
