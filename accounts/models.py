@@ -1,9 +1,12 @@
-"""Users, API tokens and the abstract base every Caretrail model builds on."""
+"""Users, API tokens, MFA devices and the abstract base every Caretrail model builds on."""
 
 from __future__ import annotations
 
+import base64
+import time
 import uuid
 from typing import Any, ClassVar
+from urllib.parse import quote, urlencode
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
@@ -13,6 +16,11 @@ from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
+from django_otp.models import Device, ThrottlingMixin, TimestampMixin
+from django_otp.oath import TOTP
+from django_otp.util import random_hex
+
+from accounts.fields import EncryptedTextField
 
 
 class PublicModel(models.Model):
@@ -186,3 +194,148 @@ class PasswordResetRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.ip_address} at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+# MFA devices -----------------------------------------------------------------------------------
+# django-otp's own TOTP and static devices keep the authenticator secret and the backup
+# codes as plain text, so anyone who can read those tables can pass anyone's second
+# factor. These keep the secret encrypted (like PHI) and only a keyed hash of each code.
+
+
+# After n failed codes in a row a device accepts none for 2**(n-1) seconds (django-otp's throttling).
+THROTTLE_FACTOR = 1
+
+
+def new_totp_secret() -> str:
+    """20 random bytes as hex: the shared secret of an authenticator app (RFC 4226 suggests 160 bits)."""
+    return random_hex(20)
+
+
+class AuthenticatorApp(TimestampMixin, ThrottlingMixin, Device):
+    """An authenticator app (TOTP, RFC 6238) whose shared secret is encrypted at rest.
+
+    Every app is set up with what authenticator apps assume: SHA-1, six digits,
+    a 30-second step from the Unix epoch. One step either way is accepted, and
+    each step only once (``last_t``), so a code seen over someone's shoulder
+    cannot be used again.
+    """
+
+    step = 30
+    t0 = 0
+    digits = 6
+    tolerance = 1
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    key = EncryptedTextField(default=new_totp_secret, help_text="The shared secret (hex), encrypted.")
+    drift = models.SmallIntegerField(default=0, help_text="Time steps the app's clock is known to be off by.")
+    last_t = models.BigIntegerField(default=-1, help_text="The time step of the last accepted code.")
+
+    class Meta(Device.Meta):
+        verbose_name = "authenticator app"
+
+    def get_throttle_factor(self) -> int:
+        return THROTTLE_FACTOR
+
+    @property
+    def bin_key(self) -> bytes:
+        return bytes.fromhex(self.key)
+
+    def verify_token(self, token: Any) -> bool:
+        """Accept the code of the current step (or one either side) once; failures slow further tries."""
+        allowed, _ = self.verify_is_allowed()
+        if not allowed:
+            return False
+        totp = TOTP(self.bin_key, self.step, self.t0, self.digits, self.drift)
+        totp.time = time.time()
+        try:
+            verified = totp.verify(int(token), self.tolerance, self.last_t + 1)
+        except (TypeError, ValueError):
+            verified = False
+        if not verified:
+            self.throttle_increment(commit=True)
+            return False
+        self.last_t = totp.t()
+        self.drift = totp.drift
+        self.throttle_reset(commit=False)
+        self.set_last_used_timestamp(commit=False)
+        # Only the bookkeeping columns change on a sign-in.
+        self.save(
+            update_fields=[
+                "last_t",
+                "drift",
+                "throttling_failure_count",
+                "throttling_failure_timestamp",
+                "last_used_at",
+            ]
+        )
+        return True
+
+    @property
+    def config_url(self) -> str:
+        """The otpauth:// URI an authenticator app scans (Google's key URI format)."""
+        issuer = str(getattr(settings, "OTP_TOTP_ISSUER", "") or "").replace(":", "")
+        label = f"{issuer}:{self.user.get_username()}" if issuer else self.user.get_username()
+        params = urlencode(
+            {
+                "secret": base64.b32encode(self.bin_key).decode(),
+                "algorithm": "SHA1",
+                "digits": self.digits,
+                "period": self.step,
+            }
+        )
+        if issuer:
+            params += f"&issuer={quote(issuer)}"
+        return f"otpauth://totp/{quote(label)}?{params}"
+
+
+BACKUP_CODE_SALT = "accounts.BackupCode"
+
+
+def backup_code_hashes(code: str) -> list[str]:
+    """The hashes ``code`` may be stored under: HMAC-SHA256 with SECRET_KEY, then each fallback key.
+
+    Keyed, so that the table alone does not let anyone try all 2**40 codes
+    offline; the fallbacks keep codes working across a SECRET_KEY rotation.
+    """
+    secrets = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+    return [salted_hmac(BACKUP_CODE_SALT, code, secret=secret, algorithm="sha256").hexdigest() for secret in secrets]
+
+
+class BackupCodes(ThrottlingMixin, Device):
+    """A user's single-use backup codes, for when the authenticator app is out of reach."""
+
+    class Meta(Device.Meta):
+        verbose_name = "backup codes"
+        verbose_name_plural = "backup codes"
+
+    def get_throttle_factor(self) -> int:
+        return THROTTLE_FACTOR
+
+    def verify_token(self, token: Any) -> bool:
+        """Use up the code if it is one of this set's; failures slow further tries."""
+        allowed, _ = self.verify_is_allowed()
+        if not allowed:
+            return False
+        code = "".join(str(token).split()).lower()
+        used, _ = self.codes.filter(code_hash__in=backup_code_hashes(code)).delete() if code else (0, None)
+        if not used:
+            self.throttle_increment(commit=True)
+            return False
+        self.throttle_reset(commit=True)
+        return True
+
+
+class BackupCode(models.Model):
+    """One unused backup code, stored only as a keyed hash (``backup_code_hashes``)."""
+
+    id = models.BigAutoField(primary_key=True)
+    device = models.ForeignKey(BackupCodes, on_delete=models.CASCADE, related_name="codes")
+    code_hash = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["device", "code_hash"], name="accounts_backupcode_unique_per_set"),
+        ]
+
+    def __str__(self) -> str:
+        return f"backup code {self.pk} of {self.device_id}"

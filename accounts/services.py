@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import secrets
@@ -17,11 +18,17 @@ from django.contrib.auth.signals import user_login_failed
 from django.db import connection, models, transaction
 from django.http import HttpRequest
 from django.utils import timezone
-from django_otp.plugins.otp_static.models import StaticDevice, StaticToken
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.lockout import locked_out_message, normalise_username
-from accounts.models import ApiToken, PasswordResetRequest, User
+from accounts.models import (
+    ApiToken,
+    AuthenticatorApp,
+    BackupCode,
+    BackupCodes,
+    PasswordResetRequest,
+    User,
+    backup_code_hashes,
+)
 
 
 def token_hash(secret: str) -> str:
@@ -179,32 +186,40 @@ def mfa_required_for(user: Any) -> bool:
     return bool(settings.MFA_REQUIRED and user.is_authenticated and user.is_staff)
 
 
-def mfa_totp_device(*, user: User) -> TOTPDevice | None:
-    """The user's confirmed TOTP device, if they enrolled one."""
-    return TOTPDevice.objects.filter(user=user, confirmed=True).order_by("pk").first()
+def mfa_totp_device(*, user: User) -> AuthenticatorApp | None:
+    """The user's confirmed authenticator app, if they enrolled one."""
+    return AuthenticatorApp.objects.filter(user=user, confirmed=True).order_by("pk").first()
 
 
 def mfa_is_enrolled(*, user: User) -> bool:
-    return TOTPDevice.objects.filter(user=user, confirmed=True).exists()
+    return AuthenticatorApp.objects.filter(user=user, confirmed=True).exists()
 
 
 @transaction.atomic
-def mfa_enrolment_start(*, user: User) -> TOTPDevice:
-    """The unconfirmed TOTP device to enrol; reused until confirmed, so the secret stays put."""
-    device = TOTPDevice.objects.filter(user=user, confirmed=False).order_by("pk").first()
+def mfa_enrolment_start(*, user: User) -> AuthenticatorApp:
+    """The unconfirmed authenticator app to enrol; reused until confirmed, so the secret stays put."""
+    device = AuthenticatorApp.objects.filter(user=user, confirmed=False).order_by("pk").first()
     if device is None:
-        device = TOTPDevice.objects.create(user=user, name="Authenticator app", confirmed=False)
+        device = AuthenticatorApp.objects.create(user=user, name="Authenticator app", confirmed=False)
     return device
+
+
+def _backup_code() -> str:
+    # 40 random bits in lower-case base32: eight characters, no 0/1/8/9 to misread.
+    return base64.b32encode(secrets.token_bytes(5)).decode().lower()
 
 
 @transaction.atomic
 def mfa_backup_codes_issue(*, user: User) -> list[str]:
-    """Replace the user's single-use backup codes; the new ones are returned once."""
-    StaticDevice.objects.filter(user=user).delete()
-    device = StaticDevice.objects.create(user=user, name="Backup codes", confirmed=True)
-    codes = [StaticToken.random_token() for _ in range(settings.MFA_BACKUP_CODES)]
-    StaticToken.objects.bulk_create(StaticToken(device=device, token=code) for code in codes)
-    return codes
+    """Replace the user's single-use backup codes; the new ones are returned once and stored only hashed."""
+    BackupCodes.objects.filter(user=user).delete()
+    device = BackupCodes.objects.create(user=user, name="Backup codes", confirmed=True)
+    codes: set[str] = set()
+    while len(codes) < settings.MFA_BACKUP_CODES:
+        codes.add(_backup_code())
+    ordered = sorted(codes)
+    BackupCode.objects.bulk_create(BackupCode(device=device, code_hash=backup_code_hashes(code)[0]) for code in ordered)
+    return ordered
 
 
 def mfa_code_match(*, user: User, code: str) -> Any:
@@ -218,9 +233,9 @@ def mfa_code_match(*, user: User, code: str) -> Any:
         return None
     with transaction.atomic():
         if TOTP_CODE.match(code):
-            devices: Any = TOTPDevice.objects.filter(user=user, confirmed=True)
+            devices: Any = AuthenticatorApp.objects.filter(user=user, confirmed=True)
         else:
-            devices = StaticDevice.objects.filter(user=user, confirmed=True)
+            devices = BackupCodes.objects.filter(user=user, confirmed=True)
         for device in devices.select_for_update().order_by("pk"):
             if device.verify_token(code):
                 return device
@@ -233,8 +248,8 @@ def mfa_reset(*, user: User) -> None:
 
     Staff then enrol again after their next password sign-in.
     """
-    TOTPDevice.objects.filter(user=user).delete()
-    StaticDevice.objects.filter(user=user).delete()
+    AuthenticatorApp.objects.filter(user=user).delete()
+    BackupCodes.objects.filter(user=user).delete()
     user_sessions_revoke(user=user)
 
 
@@ -272,7 +287,7 @@ def mfa_enrolment_confirm(*, request: HttpRequest, user: User, code: str) -> lis
     code = "".join(code.split())
     codes: list[str] | None = None
     with transaction.atomic():
-        device = TOTPDevice.objects.select_for_update().filter(user=user, confirmed=False).order_by("pk").first()
+        device = AuthenticatorApp.objects.select_for_update().filter(user=user, confirmed=False).order_by("pk").first()
         if device is not None and TOTP_CODE.match(code) and device.verify_token(code):
             device.confirmed = True
             device.save(update_fields=["confirmed"])

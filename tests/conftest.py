@@ -20,8 +20,8 @@ from django.test import Client
 from django.urls import reverse
 from django_otp import DEVICE_ID_SESSION_KEY
 from django_otp.oath import TOTP
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from accounts.models import AuthenticatorApp
 from clinical import services
 from clinical.catalog_loader import load_reference_data
 from clinical.models import (
@@ -212,7 +212,7 @@ def totp_code(device: Any) -> str:
     totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
     step = max(totp.t(), device.last_t + 1)
     if step > totp.t() + device.tolerance:
-        TOTPDevice.objects.filter(pk=device.pk).update(last_t=-1)
+        AuthenticatorApp.objects.filter(pk=device.pk).update(last_t=-1)
         step = totp.t()
     totp.time = (step - device.drift) * device.step + device.t0
     return f"{totp.token():0{device.digits}d}"
@@ -224,13 +224,13 @@ def login_with_mfa(client: Client, user: Any, password: str = PASSWORD) -> Clien
         reverse("admin:login"), {"username": user.email, "password": password, "next": reverse("admin:index")}
     )
     assert login.status_code == 302, f"the admin login form refused {user.email} ({login.status_code})"
-    device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
+    device = AuthenticatorApp.objects.filter(user=user, confirmed=True).first()
     if device is not None:
         verified = client.post(reverse("accounts:mfa-verify"), {"code": totp_code(device)})
         assert verified.status_code == 302, f"MFA verification failed ({verified.status_code})"
     else:
         assert client.get(reverse("accounts:mfa-setup")).status_code == 200
-        device = TOTPDevice.objects.get(user=user, confirmed=False)
+        device = AuthenticatorApp.objects.get(user=user, confirmed=False)
         enrolled = client.post(reverse("accounts:mfa-setup"), {"code": totp_code(device)})
         assert enrolled.status_code == 200 and b"backup-codes" in enrolled.content, "MFA enrolment failed"
     assert client.session.get(DEVICE_ID_SESSION_KEY), "the session did not pass MFA"

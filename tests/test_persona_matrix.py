@@ -36,9 +36,8 @@ from django.test import Client, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import URLResolver, get_resolver, reverse
 from django.utils import timezone
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from accounts.models import ApiToken
+from accounts.models import ApiToken, AuthenticatorApp
 from accounts.services import api_token_create
 from clinical import appointments, fhir, prescriptions, services
 from clinical.models import (
@@ -399,8 +398,6 @@ COVERED_ADMIN_MODELS: dict[str, str | None] = {
     "clinical.Specialty": None,
     "clinical.SpecialtyCategory": None,
     "cms.SystemSetting": None,
-    "otp_static.StaticDevice": None,
-    "otp_totp.TOTPDevice": None,
 }
 
 
@@ -589,14 +586,14 @@ def build_world() -> SimpleNamespace:
     # Every staff persona but one has enrolled an authenticator app.
     for name, user in users.items():
         if user is not None and user.is_staff and name != STAFF_WITHOUT_MFA:
-            TOTPDevice.objects.create(user=user, name="Phone", confirmed=True)
+            AuthenticatorApp.objects.create(user=user, name="Phone", confirmed=True)
     foreign_token, _secret = api_token_create(user=make.user(email="bystander@example.org"), name="someone else's")
 
     # The world is what the personas say it is.
     active = PatientUserObjectPermission.objects.active().filter(content_object=p)
     assert set(active.values_list("user_id", flat=True)) == {care_team.pk, break_glass.pk}
     assert not InstitutionMembership.objects.active().filter(user=ended_membership).exists()
-    assert not TOTPDevice.objects.filter(user=no_mfa).exists()
+    assert not AuthenticatorApp.objects.filter(user=no_mfa).exists()
 
     p_record = services.record_create(
         patient=p,
@@ -714,7 +711,7 @@ def world(_world_once: SimpleNamespace, _media_once: Path, db: Any) -> SimpleNam
     fresh.media = _media_once
     fresh.users = {name: users_by_pk.get(pk) for name, pk in _world_once.user_ids.items()}
     owners = {pk: name for name, pk in _world_once.user_ids.items() if pk}
-    fresh.devices = {owners[d.user_id]: d for d in TOTPDevice.objects.filter(user_id__in=owners, confirmed=True)}
+    fresh.devices = {owners[d.user_id]: d for d in AuthenticatorApp.objects.filter(user_id__in=owners, confirmed=True)}
     for name in ("A", "B", "P", "Q", "foreign_token"):
         setattr(fresh, name, type(getattr(fresh, name)).objects.get(pk=getattr(fresh, name).pk))
     fresh.institutions = {"A": fresh.A, "B": fresh.B}
@@ -1552,7 +1549,7 @@ def inst_admin_b(world):
     user = get_user_model().objects.create_user(email="matrix.admin.b@example.org", password=PASSWORD, is_staff=True)
     user.groups.add(Group.objects.get(name="Institution Admin"))
     services.membership_start(user=user, institution=world.B, role="institution_admin")
-    TOTPDevice.objects.create(user=user, name="Phone", confirmed=True)
+    AuthenticatorApp.objects.create(user=user, name="Phone", confirmed=True)
     return get_user_model().objects.get(pk=user.pk)
 
 
@@ -1633,7 +1630,7 @@ def test_a_list_page_costs_the_same_for_5_and_for_50_patients(
         _token, secret = api_token_create(user=scene.viewer)
         client, url = bearer(secret), reverse("v1:patient-list")
     else:
-        TOTPDevice.objects.create(user=scene.viewer, name="Phone", confirmed=True)
+        AuthenticatorApp.objects.create(user=scene.viewer, name="Phone", confirmed=True)
         client, url = staff_client_factory(scene.viewer), admin_url(Patient, "changelist")
 
     def rows(response: Any) -> int:

@@ -22,6 +22,8 @@ def required(name: str) -> str:
 
 DEBUG = False
 ALLOWED_HOSTS: list[str] = env.list("ALLOWED_HOSTS", default=[])
+# Earlier SECRET_KEYs, still accepted for sessions, signed values and MFA backup codes.
+SECRET_KEY_FALLBACKS: list[str] = env.list("SECRET_KEY_FALLBACKS", default=[])
 
 DJANGO_APPS = [
     "cms.apps.CaretrailAdminConfig",
@@ -243,9 +245,9 @@ from datetime import timedelta  # noqa: E402
 
 INSTALLED_APPS += [
     "axes",
+    # Only django-otp's core: its TOTP and static plugins store secrets in plain text, so the
+    # devices are accounts.AuthenticatorApp and accounts.BackupCodes.
     "django_otp",
-    "django_otp.plugins.otp_totp",
-    "django_otp.plugins.otp_static",
 ]
 # After authentication and messages (an ended session says why).
 _after_auth = MIDDLEWARE.index("django.contrib.messages.middleware.MessageMiddleware") + 1
@@ -286,7 +288,6 @@ PASSWORD_RESET_WINDOW = timedelta(minutes=15)
 # MFA: required for staff. Only local settings may relax it (MFA_REQUIRED=false).
 MFA_REQUIRED = True
 OTP_TOTP_ISSUER = "Caretrail"
-OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 MFA_BACKUP_CODES = 10
 
 # Staff sessions end after 15 minutes without a request and 12 hours after sign-in.

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from accounts.models import AuthenticatorApp
 from tests.conftest import totp_code
 
 
@@ -24,16 +24,16 @@ def staff(make_user: Callable[..., Any]) -> Any:
 
 
 @pytest.fixture
-def device(staff: Any) -> TOTPDevice:
+def device(staff: Any) -> AuthenticatorApp:
     """A confirmed authenticator app of ``staff``, as enrolment leaves it."""
-    return TOTPDevice.objects.create(user=staff, name="Phone", confirmed=True)
+    return AuthenticatorApp.objects.create(user=staff, name="Phone", confirmed=True)
 
 
 @pytest.fixture
-def code() -> Callable[[TOTPDevice], str]:
+def code() -> Callable[[AuthenticatorApp], str]:
     """The code the device's app shows now."""
 
-    def current(device: TOTPDevice) -> str:
+    def current(device: AuthenticatorApp) -> str:
         device.refresh_from_db()
         return totp_code(device)
 

@@ -135,9 +135,9 @@ def test_with_mfa_relaxed_staff_without_a_device_obtain_a_token(client, staff, s
 
 
 def test_a_member_who_enrolled_mfa_is_asked_for_the_code_too(client, member, code):
-    from django_otp.plugins.otp_totp.models import TOTPDevice
+    from accounts.models import AuthenticatorApp
 
-    device = TOTPDevice.objects.create(user=member, confirmed=True)
+    device = AuthenticatorApp.objects.create(user=member, confirmed=True)
     assert obtain(client, member.email).status_code == 400
     assert obtain(client, member.email, otp=code(device)).status_code == 201
 

@@ -124,16 +124,17 @@ def test_a_superuser_ends_a_users_sessions_and_tokens_from_the_user_list(superus
 
 
 def test_a_superuser_resets_mfa_and_the_user_enrols_again(superuser_client, staff_client_factory, staff):
-    from django_otp.plugins.otp_static.models import StaticDevice
-    from django_otp.plugins.otp_totp.models import TOTPDevice
+    from accounts.models import AuthenticatorApp, BackupCodes
 
     old_session = staff_client_factory(staff)
-    old_key = TOTPDevice.objects.get(user=staff).key
+    old_device = AuthenticatorApp.objects.get(user=staff)
+    old_key = old_device.key
+    assert BackupCodes.objects.filter(user=staff).exists()
 
     superuser_client.post("/admin/accounts/user/", {"action": "reset_mfa", "_selected_action": [staff.pk]})
 
-    assert not TOTPDevice.objects.filter(user=staff, key=old_key).exists()
-    assert not StaticDevice.objects.filter(user=staff).exists()
+    assert not AuthenticatorApp.objects.filter(pk=old_device.pk).exists()
+    assert not BackupCodes.objects.filter(user=staff).exists()
     assert old_session.get("/admin/").status_code == 302
     assert staff_client_factory(staff).get("/admin/").status_code == 200  # enrolled a new device
-    assert TOTPDevice.objects.get(user=staff, confirmed=True).key != old_key
+    assert AuthenticatorApp.objects.get(user=staff, confirmed=True).key != old_key
