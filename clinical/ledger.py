@@ -1,7 +1,9 @@
 """The integrity ledger of medical records: an append-only hash chain, and its verification.
 
 Each record write appends one :class:`~clinical.models.LedgerEntry` in the
-writer's transaction::
+writer's transaction (a new version in the very statement that inserts it,
+``clinical.record_writer``; verification, entered-in-error and tombstones by
+:func:`append`)::
 
     entry_hash = SHA-256(canonical JSON of {seq, record, version, kind, data_hash, prev_hash, created_at})
 
@@ -87,14 +89,13 @@ def _hash_of(entry: LedgerEntry) -> str:
     )
 
 
-# One statement, one round trip: move the head and insert the entry. The UPDATE
-# waits for a concurrent writer's row lock and then works on the head that writer
-# committed (READ COMMITTED re-reads an updated row), so no two entries extend the
-# same head. The entry hash is computed in SQL from the head it extends; the text
-# hashed is the RFC 8785 form of the entry (sorted keys, no spaces, these values
-# need no escaping), byte for byte what ``entry_hash`` hashes in Python.
-APPEND_SQL = """
-WITH head AS (
+# Move the head: the UPDATE waits for a concurrent writer's row lock and then
+# works on the head that writer committed (READ COMMITTED re-reads an updated
+# row), so no two entries extend the same head. The entry hash is computed in SQL
+# from the head it extends; the text hashed is the RFC 8785 form of the entry
+# (sorted keys, no spaces, these values need no escaping), byte for byte what
+# ``entry_hash`` hashes in Python. No head row (a new or flushed database): no row.
+HEAD_ADVANCE_SQL = """
     UPDATE clinical_ledgerhead
     SET seq = seq + 1,
         prev_hash = entry_hash,
@@ -105,12 +106,24 @@ WITH head AS (
             || ',"version":' || %(version)s || '}', 'UTF8')), 'hex')
     WHERE id = 1
     RETURNING seq, prev_hash, entry_hash
-)
+"""
+
+
+def entry_insert_sql(record_id: str) -> str:
+    """The INSERT of the entry that extends ``head``; ``record_id`` is the SQL that names the record's id."""
+    return f"""
 INSERT INTO clinical_ledgerentry
     (uuid, seq, record_id, record_uuid, version, kind, data_hash, prev_hash, entry_hash, created_at)
-SELECT %(uuid)s, head.seq, %(record_id)s, %(record_uuid)s, %(version)s, %(kind)s, %(data_hash)s,
+SELECT %(uuid)s, head.seq, {record_id}, %(record_uuid)s, %(version)s, %(kind)s, %(data_hash)s,
        head.prev_hash, head.entry_hash, %(created_at)s
 FROM head
+"""  # noqa: S608 - record_id is SQL written here, values are parameters
+
+
+# One statement, one round trip: move the head and insert the entry.
+APPEND_SQL = f"""
+WITH head AS ({HEAD_ADVANCE_SQL})
+{entry_insert_sql("%(record_id)s")}
 RETURNING id, seq, prev_hash, entry_hash
 """
 
@@ -119,18 +132,14 @@ def _utc_text(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).isoformat()
 
 
-def _ensure_head() -> None:
+def ensure_head() -> None:
+    """Create the head row from the last entry if it is missing."""
     with connection.cursor() as cursor:
         cursor.execute(schema.ENSURE_LEDGER_HEAD)
 
 
-def append(record: MedicalRecord, kind: str = LedgerEntryKind.VERSION) -> LedgerEntry:
-    """Append one entry for ``record``; call inside the transaction that writes the record.
-
-    One statement (two the first time, when the head row is created).
-    """
-    if not connection.in_atomic_block:
-        raise RuntimeError("ledger.append must run inside the record's transaction")
+def new_entry(record: MedicalRecord, kind: str) -> tuple[LedgerEntry, dict[str, Any]]:
+    """The entry that will record ``record`` (not saved) and the parameters of the SQL above."""
     # The SQL writes these into the hashed JSON unescaped: they must need no escaping.
     if kind not in LedgerEntryKind.values or not _HEX64.match(record.data_hash or ""):
         raise ValueError("a ledger entry needs a known kind and a hex SHA-256 data hash")
@@ -155,16 +164,35 @@ def append(record: MedicalRecord, kind: str = LedgerEntryKind.VERSION) -> Ledger
         "created_at": created_at,
         "created": _utc_text(created_at),
     }
+    return entry, params
+
+
+def entry_written(entry: LedgerEntry, row: tuple[Any, ...]) -> LedgerEntry:
+    """``entry`` as the database wrote it, from the row (id, seq, prev_hash, entry_hash) it returned."""
+    entry.id, entry.seq, entry.prev_hash, entry.entry_hash = row
+    entry._state.adding = False
+    entry._state.db = connection.alias
+    return entry
+
+
+def append(record: MedicalRecord, kind: str = LedgerEntryKind.VERSION) -> LedgerEntry:
+    """Append one entry for a stored ``record``; call inside the transaction that changes the record.
+
+    One statement (two the first time, when the head row is created). A new
+    version is not appended here: ``clinical.record_writer.insert`` writes it
+    with its entry in one statement.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("ledger.append must run inside the record's transaction")
+    entry, params = new_entry(record, kind)
     with connection.cursor() as cursor:
         cursor.execute(APPEND_SQL, params)
         row = cursor.fetchone()
         if row is None:  # no head row yet
-            _ensure_head()
+            ensure_head()
             cursor.execute(APPEND_SQL, params)
             row = cursor.fetchone()
-    entry.id, entry.seq, entry.prev_hash, entry.entry_hash = row
-    entry._state.adding = False
-    return entry
+    return entry_written(entry, row)
 
 
 def append_many(records: list[MedicalRecord], kind: str = LedgerEntryKind.VERSION) -> list[LedgerEntry]:
@@ -173,7 +201,7 @@ def append_many(records: list[MedicalRecord], kind: str = LedgerEntryKind.VERSIO
         raise RuntimeError("ledger.append_many must run inside the records' transaction")
     if not records:
         return []
-    _ensure_head()
+    ensure_head()
     head = LedgerHead.objects.select_for_update().get(pk=1)
     seq, prev = head.seq, head.entry_hash
     entries = []

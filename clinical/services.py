@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from accounts.fields import encrypted_field_names
 from accounts.services import user_sessions_revoke
-from clinical import fhir, ledger
+from clinical import fhir, ledger, record_writer
 from clinical.canonical import sha256_hex
 from clinical.fhir import FhirValidationError, ValidatedResource
 from clinical.models import (
@@ -579,7 +579,6 @@ def _new_record(
     )
 
 
-@transaction.atomic
 def record_create(
     *,
     patient: Patient,
@@ -594,7 +593,9 @@ def record_create(
     """Validate ``payload`` as FHIR R4 for ``record_type``, store it encrypted, append it to the ledger.
 
     The payload is kept exactly as given; ``data_hash`` is SHA-256 of its
-    canonical form. ``institution`` defaults to the patient's.
+    canonical form. ``institution`` defaults to the patient's. The record, its
+    ledger entry and its audit entry are one statement (``record_writer.insert``),
+    atomic by itself, so no transaction of its own is needed.
     """
     record = _new_record(
         patient=patient,
@@ -606,8 +607,7 @@ def record_create(
         confidence=confidence,
         institution=institution,
     )
-    record.save(force_insert=True)
-    ledger.append(record)
+    record_writer.insert(record)
     return record
 
 
@@ -652,8 +652,7 @@ def record_amend(
     amended.amendment_reason = reason
     old.status = RecordStatus.SUPERSEDED
     old.save(update_fields=["status", "updated_at"])
-    amended.save(force_insert=True)
-    ledger.append(amended)
+    record_writer.insert(amended)
     return amended
 
 

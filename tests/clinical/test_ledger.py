@@ -10,12 +10,14 @@ and that its first broken link names the entry or record that was touched.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import functools
 import itertools
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from io import StringIO
@@ -26,7 +28,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import connection, transaction
 from django.test import override_settings
 
 from accounts.encryption import DecryptionError
@@ -585,52 +587,57 @@ WRITERS = 4
 RECORDS_PER_WRITER = 10
 
 
+def writers_waiting_on_a_lock() -> int:
+    """How many other backends of this database wait for a row lock in a statement that moves the ledger head."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")  # a transaction otherwise sees its first snapshot
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            " AND wait_event_type = 'Lock' AND query LIKE '%%UPDATE clinical_ledgerhead%%'"
+        )
+        return int(cursor.fetchone()[0])
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["autocommit", "inside-a-transaction"])
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_writers_on_separate_connections_leave_one_unbroken_chain(monkeypatch, make_patient, doctor):
+def test_concurrent_writers_on_separate_connections_leave_one_unbroken_chain(make_patient, doctor, in_transaction):
     patients = [make_patient() for _ in range(WRITERS)]
     author = doctor.user
-    # Every round, all writers reach the ledger at the same moment, each inside its own open transaction
-    # with its record inserted: none has read the head yet, and all of them want to extend it.
-    at_the_ledger = threading.Barrier(WRITERS, timeout=30)
-    original_append = ledger.append
-    inside, most_inside, counter = 0, 0, threading.Lock()
+    # Every round, all writers issue their write at the same moment; in the first round the main thread holds
+    # the ledger head's row lock until all of them wait for it, so they really meet at the ledger.
+    together = threading.Barrier(WRITERS, timeout=30)
     errors: list[BaseException] = []
-
-    def append(record: MedicalRecord, kind: str = LedgerEntryKind.VERSION) -> LedgerEntry:
-        nonlocal inside, most_inside
-        at_the_ledger.wait()
-        with counter:
-            inside += 1
-            most_inside = max(most_inside, inside)
-        try:
-            return original_append(record, kind)
-        finally:
-            with counter:
-                inside -= 1
-
-    monkeypatch.setattr(ledger, "append", append)
 
     def write(patient: Any) -> None:
         try:
             for value in range(RECORDS_PER_WRITER):
-                services.record_create(
-                    patient=patient, record_type="vital_signs", payload=heart_rate(patient, 60 + value), author=author
-                )
+                together.wait()
+                with transaction.atomic() if in_transaction else contextlib.nullcontext():
+                    payload = heart_rate(patient, 60 + value)
+                    services.record_create(patient=patient, record_type="vital_signs", payload=payload, author=author)
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
-            at_the_ledger.abort()
+            together.abort()
         finally:
             connection.close()
 
+    ledger.ensure_head()
     threads = [threading.Thread(target=write, args=(patient,)) for patient in patients]
-    for thread in threads:
-        thread.start()
+    with transaction.atomic():
+        run_sql("SELECT 1 FROM clinical_ledgerhead WHERE id = 1 FOR UPDATE")
+        for thread in threads:
+            thread.start()
+        waiting, deadline = 0, time.monotonic() + 30
+        while waiting < WRITERS and not errors and time.monotonic() < deadline:
+            time.sleep(0.02)
+            waiting = writers_waiting_on_a_lock()
     for thread in threads:
         thread.join(timeout=120)
 
     assert not any(thread.is_alive() for thread in threads)
     assert errors == []
-    assert most_inside > 1  # the writers really met at the ledger
+    assert waiting == WRITERS  # all of them waited for the same head
     total = WRITERS * RECORDS_PER_WRITER
     assert list(LedgerEntry.objects.order_by("seq").values_list("seq", flat=True)) == list(range(1, total + 1))
     assert LedgerEntry.objects.values("prev_hash").distinct().count() == total  # no entry was extended twice
