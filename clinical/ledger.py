@@ -109,14 +109,17 @@ HEAD_ADVANCE_SQL = """
 """
 
 
-def entry_insert_sql(record_id: str) -> str:
-    """The INSERT of the entry that extends ``head``; ``record_id`` is the SQL that names the record's id."""
+def entry_insert_sql(record_id: str, sources: str = "head") -> str:
+    """The INSERT of the entry that extends ``head``; ``record_id`` is the SQL that names the record's id.
+
+    ``sources`` is the FROM list: ``head`` and whatever else ``record_id`` reads.
+    """
     return f"""
 INSERT INTO clinical_ledgerentry
     (uuid, seq, record_id, record_uuid, version, kind, data_hash, prev_hash, entry_hash, created_at)
 SELECT %(uuid)s, head.seq, {record_id}, %(record_uuid)s, %(version)s, %(kind)s, %(data_hash)s,
        head.prev_hash, head.entry_hash, %(created_at)s
-FROM head
+FROM {sources}
 """  # noqa: S608 - record_id is SQL written here, values are parameters
 
 
@@ -167,6 +170,22 @@ def new_entry(record: MedicalRecord, kind: str) -> tuple[LedgerEntry, dict[str, 
     return entry, params
 
 
+def execute_on_head(sql: str, params: dict[str, Any]) -> tuple[Any, ...]:
+    """Run ``sql``, which moves the head (``HEAD_ADVANCE_SQL``), and return its row.
+
+    Without a head row the statement writes nothing and returns no row: the head
+    is created from the last entry and the statement runs once more.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+        if row is None:
+            ensure_head()
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+    return tuple(row)
+
+
 def entry_written(entry: LedgerEntry, row: tuple[Any, ...]) -> LedgerEntry:
     """``entry`` as the database wrote it, from the row (id, seq, prev_hash, entry_hash) it returned."""
     entry.id, entry.seq, entry.prev_hash, entry.entry_hash = row
@@ -185,14 +204,7 @@ def append(record: MedicalRecord, kind: str = LedgerEntryKind.VERSION) -> Ledger
     if not connection.in_atomic_block:
         raise RuntimeError("ledger.append must run inside the record's transaction")
     entry, params = new_entry(record, kind)
-    with connection.cursor() as cursor:
-        cursor.execute(APPEND_SQL, params)
-        row = cursor.fetchone()
-        if row is None:  # no head row yet
-            ensure_head()
-            cursor.execute(APPEND_SQL, params)
-            row = cursor.fetchone()
-    return entry_written(entry, row)
+    return entry_written(entry, execute_on_head(APPEND_SQL, params))
 
 
 def append_many(records: list[MedicalRecord], kind: str = LedgerEntryKind.VERSION) -> list[LedgerEntry]:

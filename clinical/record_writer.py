@@ -16,7 +16,8 @@ The statement, built once from the models' own field definitions::
     SELECT ...
 
 Everything hangs on ``head``: without a head row (a new or flushed database)
-nothing at all is written, the head is created and the statement runs again.
+nothing at all is written, and ``ledger.execute_on_head`` creates the head and
+runs the statement again.
 
 Column values come from Django's public field API, as ``Model.save()`` makes
 them (``pre_save`` then ``get_db_prep_save``), so defaults, ``auto_now`` and
@@ -59,8 +60,9 @@ def _json_changes() -> bool:
     return bool(getattr(settings, "AUDITLOG_STORE_JSON_CHANGES", False))  # auditlog's own default
 
 
-def _insertable(model: type[models.Model]) -> list[models.Field[Any, Any]]:
-    return [field for field in model._meta.concrete_fields if not field.primary_key]
+@cache
+def _insertable(model: type[models.Model]) -> tuple[models.Field[Any, Any], ...]:
+    return tuple(field for field in model._meta.concrete_fields if not field.primary_key)
 
 
 def _typed(field: models.Field[Any, Any], prefix: str) -> str:
@@ -87,14 +89,15 @@ def _statement(audited: bool, id_in_changes: str | None) -> str:
     SELECT {", ".join(_typed(f, "r_") for f in record_fields)} FROM head
     RETURNING id
 )""",  # noqa: S608 - names from the models, values as parameters
-        f"entry AS ({ledger.entry_insert_sql('record.id').replace('FROM head', 'FROM head, record')}"
+        f"entry AS ({ledger.entry_insert_sql('record.id', sources='head, record')}"
         " RETURNING id, seq, prev_hash, entry_hash)",
     ]
     columns = "entry.id, entry.seq, entry.prev_hash, entry.entry_hash"
     if audited:
         entry_model = get_logentry_model()
+        audit_fields = _insertable(entry_model)
         expressions = []
-        for field in _insertable(entry_model):
+        for field in audit_fields:
             if field.column == "object_pk":
                 expressions.append("record.id::text")
             elif field.column == "object_id":
@@ -104,7 +107,6 @@ def _statement(audited: bool, id_in_changes: str | None) -> str:
                 expressions.append(f"jsonb_set({_typed(field, 'a_')}, '{{id,1}}', {real_id})")
             else:
                 expressions.append(_typed(field, "a_"))
-        audit_fields = _insertable(entry_model)
         ctes.append(
             f"""audit AS (
     INSERT INTO {quote(entry_model._meta.db_table)} ({", ".join(quote(f.column) for f in audit_fields)})
@@ -164,14 +166,7 @@ def insert(record: MedicalRecord) -> LedgerEntry:
         if "id" in changes:
             id_in_changes = "text" if isinstance(changes["id"][1], str) else "json"
         params.update(_values(audit[0], "a_"))
-    sql = _statement(audit is not None, id_in_changes)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        row = cursor.fetchone()
-        if row is None:  # no head row: nothing was written
-            ledger.ensure_head()
-            cursor.execute(sql, params)
-            row = cursor.fetchone()
+    row = ledger.execute_on_head(_statement(audit is not None, id_in_changes), params)
     record.pk = row[0]
     record._state.adding = False
     record._state.db = connection.alias
